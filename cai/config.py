@@ -1,0 +1,325 @@
+"""Typed, strict run configs: one YAML per launch plus dotted `key=value` overrides.
+
+Every setting has one name everywhere (YAML, override, error message, docs). Unknown keys
+are errors that suggest the closest valid key, and all problems in a file are reported
+together, unlike trl's parser which drops unknown YAML keys silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cai.errors import CaiError
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- sections shared by stages
+
+
+@dataclass
+class PromptsConfig:
+    """Where red-team and helpful prompts come from: a JSONL/JSON/CSV/Parquet file or a hub dataset."""
+
+    red_team: str = "examples/red_team.jsonl"
+    red_team_column: str = "prompt"
+    helpful: str | None = "examples/helpful.jsonl"
+    helpful_column: str = "prompt"
+    split: str = "train"
+    max_red_team: int | None = None
+    max_helpful: int | None = None
+    shuffle: bool = True
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings shared by every stage that generates text."""
+
+    backend: str = "transformers"
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    max_prompt_length: int = 2048
+    vllm_gpu_memory_utilization: float = 0.5
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA as a switch: the same code trains full weights when `enabled` is false."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    """The trainer settings users touch most; anything else of trl's config goes in `extra`."""
+
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    logging_steps: int = 5
+    save_steps: int = 200
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- SL-CAI
+
+
+@dataclass
+class SLConfig:
+    """Critique-revision settings; the paper's values are 4 rounds, a principle per round, 5 demos."""
+
+    critique_model: str | None = None
+    revision_rounds: int = 1
+    principle_per_round: bool = True
+    few_shot: int = 5
+    train_on_all_rounds: bool = False
+    helpful_per_red_team: float = 1.0
+    chunk_size: int = 32
+    show_examples: int = 3
+
+
+@dataclass
+class SLRunConfig:
+    """`cai/sl.py`: generate critique-revision data, then supervised fine-tuning."""
+
+    output_dir: str = "runs/sl"
+    constitution: str = "constitutions/default.yaml"
+    model: str = "embedded"
+    stages: list[str] = field(default_factory=lambda: ["generate", "sft"])
+    seed: int = 0
+    force: bool = False
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    sl: SLConfig = field(default_factory=SLConfig)
+    sft: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+    """Read `path` (optional), apply dotted overrides, and build `cls`, reporting every problem at once."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        raw = read_yaml_mapping(path, what="config")
+    for override in overrides:
+        key, value = parse_override(override)
+        set_dotted(raw, key, value)
+    problems: list[str] = []
+    config = _build(cls, raw, "", problems)
+    if problems:
+        raise CaiError(f"{source}: " + "; ".join(problems))
+    return config
+
+
+def read_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
+    """Safe-load a YAML file that must hold a mapping, with errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaiError(f"{path}: {what} file not found; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise CaiError(f"{where}: malformed YAML ({problem}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CaiError(f"{path}: {what} must be a YAML mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=3` -> ("a.b", 3); values are YAML scalars or flow lists so types follow the dataclass."""
+    if "=" not in text:
+        raise CaiError(f"override {text!r}: expected key=value (e.g. generation.max_new_tokens=64)")
+    key, _, value = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not key:
+        raise CaiError(f"override {text!r}: empty key; write key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def set_dotted(mapping: dict[str, Any], key: str, value: Any) -> None:
+    node = mapping
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config, so a run directory says exactly how it was made."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def closest(name: str, options: list[str]) -> str:
+    """' (did you mean X?)' when a close option exists, else a list of the valid ones."""
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if match:
+        return f"did you mean {match[0]!r}?"
+    return "valid keys: " + ", ".join(options)
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = field_names(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            problems.append(f"unknown key {dotted!r} ({closest(str(key), names)})")
+            continue
+        values[key] = _coerce(hints[key], value, dotted, problems)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{dotted}.", problems)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors: list[str] = []
+        for option in (a for a in args if a is not type(None)):
+            attempt: list[str] = []
+            result = _coerce(option, value, dotted, attempt)
+            if not attempt:
+                return result
+            errors.extend(attempt)
+        problems.append(errors[0] if errors else f"{dotted}: invalid value {value!r}")
+        return None
+    if origin is list:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            problems.append(f"{dotted}: expected a list, got {value!r}")
+            return []
+        return [_coerce(args[0], item, dotted, problems) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{dotted}: expected a mapping, got {value!r}")
+            return {}
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{dotted}: expected true or false, got {value!r}")
+        return False
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{dotted}: expected an integer, got {value!r}")
+        return 0
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{dotted}: expected a number, got {value!r}")
+        return 0.0
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{dotted}: expected a string, got {value!r}")
+        return ""
+    return value
+
+
+def check_choice(value: str, choices: typing.Iterable[str], setting: str) -> str:
+    """A pluggable choice is a string checked against an explicit table."""
+    choices = list(choices)
+    if value not in choices:
+        raise CaiError(f"{setting}: unknown choice {value!r}; valid choices: {', '.join(choices)}")
+    return value
+
+
+def check_stages(stages: list[str], known: list[str], setting: str = "stages") -> list[str]:
+    """Validate a stage selection and return it in pipeline order."""
+    unknown = [s for s in stages if s not in known]
+    if unknown:
+        raise CaiError(f"{setting}: unknown stage {unknown[0]!r}; stages are {', '.join(known)}")
+    if not stages:
+        raise CaiError(f"{setting}: no stage selected; choose from {', '.join(known)}")
+    return [s for s in known if s in stages]
+
+
+def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config X k=v ... [--force]` -> (X, overrides); `--force` is sugar for `force=true`."""
+    config: str | None = None
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise CaiError("--config: missing the YAML path; e.g. --config configs/sl.yaml")
+            config = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg == "--force":
+            overrides.append("force=true")
+        elif "=" in arg:
+            overrides.append(arg[2:] if arg.startswith("--") else arg)
+        else:
+            raise CaiError(f"argument {arg!r}: expected --config PATH or key=value overrides")
+        i += 1
+    return config, overrides

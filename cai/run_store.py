@@ -1,0 +1,185 @@
+"""The run directory: append-only JSONL shards, a manifest, and trained artefacts.
+
+Every write is atomic (temporary file, fsync, rename), so a killed process leaves either a
+whole shard or none; a stage is done only when the manifest says so. Shards are numbered by
+the chunk of input they cover, which is what lets a relaunch skip finished chunks without
+losing or duplicating records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cai.config import save_config
+from cai.errors import CaiError
+
+SHARD_PREFIX = "shard-"
+PACKAGES = ("cai", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "vllm", "deepspeed")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class RunStore:
+    """One run directory. Only the main process writes; every process may read."""
+
+    def __init__(self, root: str | Path, *, is_main: bool = True):
+        self.root = Path(root)
+        self.is_main = is_main
+        if self.root.exists() and not self.root.is_dir():
+            raise CaiError(f"output_dir: {self.root} exists and is not a directory; choose another output_dir")
+
+    # -------------------------------------------------------------- manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise CaiError(f"{self.manifest_path}: corrupt manifest; restore it or use a new output_dir") from None
+
+    def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
+        if not self.is_main:
+            return
+        data = self.manifest()
+        change(data)
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def begin(self, config: Any, *, constitution: dict[str, Any] | None, models: dict[str, str], script: str) -> None:
+        """Open the run: refuse a directory made with another constitution, then record this launch."""
+        previous = self.manifest().get("constitution")
+        if constitution and previous and previous.get("hash") != constitution["hash"]:
+            raise CaiError(
+                f"output_dir {self.root}: holds a run made with constitution {previous.get('name')!r} "
+                f"(hash {previous.get('hash')}), not {constitution['name']!r} (hash {constitution['hash']}); "
+                "use a new output_dir"
+            )
+        if not self.is_main:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.root / f"{script}_config.yaml")
+        save_config(config, self.root / "config.yaml")
+
+        def record(data: dict[str, Any]) -> None:
+            data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            if constitution:
+                data["constitution"] = constitution
+            data.setdefault("models", {}).update(models)
+            data["packages"] = package_versions()
+            data.setdefault("stages", {})
+
+        self.update_manifest(record)
+
+    # -------------------------------------------------------------- stages
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage_done(self, stage: str) -> bool:
+        return self.manifest().get("stages", {}).get(stage, {}).get("status") == "done"
+
+    def mark_stage(self, stage: str, status: str, **info: Any) -> None:
+        def change(data: dict[str, Any]) -> None:
+            entry = data.setdefault("stages", {}).setdefault(stage, {})
+            entry.update(info)
+            entry["status"] = status
+            entry["at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+        self.update_manifest(change)
+
+    def stage_info(self, stage: str) -> dict[str, Any]:
+        return self.manifest().get("stages", {}).get(stage, {})
+
+    def reset_stage(self, stage: str, outputs: Iterable[str]) -> list[Path]:
+        """For `force`: set the old outputs aside (renamed, never deleted) and clear the status."""
+        moved = []
+        for name in outputs:
+            path = self.root / name
+            if self.is_main and path.exists():
+                target = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                path.rename(target)
+                moved.append(target)
+        self.mark_stage(stage, "pending")
+        return moved
+
+    # -------------------------------------------------------------- records
+
+    def shard_path(self, stage: str, index: int) -> Path:
+        return self.stage_dir(stage) / f"{SHARD_PREFIX}{index:05d}.jsonl"
+
+    def write_shard(self, stage: str, index: int, records: Iterable[dict[str, Any]]) -> None:
+        if not self.is_main:
+            return
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        atomic_write_text(self.shard_path(stage, index), lines)
+
+    def done_shards(self, stage: str) -> set[int]:
+        directory = self.stage_dir(stage)
+        if not directory.is_dir():
+            return set()
+        done = set()
+        for path in directory.glob(f"{SHARD_PREFIX}*.jsonl"):
+            try:
+                done.add(int(path.stem[len(SHARD_PREFIX):]))
+            except ValueError:
+                continue
+        return done
+
+    def shard_files(self, stage: str) -> list[Path]:
+        return sorted(self.stage_dir(stage).glob(f"{SHARD_PREFIX}*.jsonl"))
+
+    def read_records(self, stage: str) -> list[dict[str, Any]]:
+        """All records of a stage in shard order (the input order)."""
+        records = []
+        for path in self.shard_files(stage):
+            with path.open(encoding="utf-8") as handle:
+                records.extend(json.loads(line) for line in handle if line.strip())
+        return records
+
+    def require_stage(self, stage: str, *, needed_by: str, records: str | None = None) -> list[dict[str, Any]]:
+        """The records of a finished earlier stage, or an error saying which stage to run first."""
+        if not self.stage_done(stage):
+            raise CaiError(
+                f"{self.root}: stage {stage!r} has not finished, and {needed_by!r} needs it; "
+                f"run it first (stages={stage},{needed_by})"
+            )
+        return self.read_records(records) if records else []
+
+
+def chunked(items: list[Any], size: int) -> list[list[Any]]:
+    if size <= 0:
+        raise CaiError(f"chunk_size: must be positive, got {size}")
+    return [items[i : i + size] for i in range(0, len(items), size)]

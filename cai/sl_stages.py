@@ -1,0 +1,189 @@
+"""The SL-CAI stages: `generate` (critique-revision data) and `sft` (trl SFTTrainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cai import models
+from cai.config import SLRunConfig
+from cai.constitution import Constitution
+from cai.critique import plan_chains, prompt_set_hash, run_chains, sft_examples
+from cai.errors import CaiError
+from cai.generation import build_generator, generate_sharded, render_chat
+from cai.prompt_sources import Prompt, load_prompts
+from cai.run_store import RunStore, atomic_write_text, chunked
+from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory, trainer_config
+
+DATA_STAGE = "sl_data"
+MODEL_DIR = "sl_model"
+# stage -> the outputs it owns (set aside, never deleted, when the stage is forced)
+STAGES = {"generate": [DATA_STAGE], "sft": [MODEL_DIR, "sft_data", "checkpoints/sft", "logs/sft.jsonl"]}
+
+
+def select_prompts(config: SLRunConfig) -> list[Prompt]:
+    """Red-team prompts, then helpful ones, each subsampled with the run's seed."""
+    p = config.prompts
+    prompts = load_prompts(p.red_team, kind="red_team", column=p.red_team_column, split=p.split, limit=p.max_red_team, shuffle=p.shuffle, seed=config.seed, setting="prompts.red_team")
+    if p.helpful:
+        prompts += load_prompts(p.helpful, kind="helpful", column=p.helpful_column, split=p.split, limit=p.max_helpful, shuffle=p.shuffle, seed=config.seed, setting="prompts.helpful")
+    return prompts
+
+
+def generation_function(reference: str, config: SLRunConfig, accelerator: Any, *, setting: str):
+    """A `complete(list[messages], desc) -> list[str]` for one model, sharded over processes."""
+    ref = models.resolve(reference, setting=setting)
+    tokenizer = models.load_tokenizer(ref)
+    model = None
+    if config.generation.backend == "transformers":
+        model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)
+        models.sync_pad_token(model, tokenizer)
+    generator = build_generator(model, tokenizer, config.generation, model_path=ref.path, seed=config.seed, accelerator=accelerator)
+
+    def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
+        texts = [render_chat(tokenizer, messages) for messages in conversations]
+        return generate_sharded(generator, texts, accelerator, desc=desc)
+
+    return complete
+
+
+def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constitution: Constitution) -> None:
+    prompts = select_prompts(config)
+    if config.sl.revision_rounds < 1:
+        raise CaiError(f"sl.revision_rounds: must be at least 1, got {config.sl.revision_rounds}")
+    fingerprint = prompt_set_hash(prompts)
+    started = store.stage_info("generate").get("prompt_set")
+    if started and started != fingerprint and store.done_shards(DATA_STAGE):
+        raise CaiError(
+            f"{store.stage_dir(DATA_STAGE)}: was started on a different prompt selection; "
+            "keep the same prompts/seed to resume, set force=true to start the stage over, or use a new output_dir"
+        )
+    store.mark_stage("generate", "running", prompt_set=fingerprint, prompts=len(prompts))
+    plans = plan_chains(prompts, constitution, rounds=config.sl.revision_rounds, few_shot=config.sl.few_shot, per_round=config.sl.principle_per_round, seed=config.seed)
+    chunks = chunked(plans, config.sl.chunk_size)
+    done = store.done_shards(DATA_STAGE)
+    if done and accelerator.is_main_process:
+        print(f"[sl] resuming {DATA_STAGE}: {len(done)} of {len(chunks)} chunks already written")
+    complete_policy = generation_function(config.model, config, accelerator, setting="model")
+    complete_critic = complete_policy
+    if config.sl.critique_model and config.sl.critique_model != config.model:
+        complete_critic = generation_function(config.sl.critique_model, config, accelerator, setting="sl.critique_model")
+
+    def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
+        return (complete_policy if desc == "response" else complete_critic)(conversations, desc)
+
+    empty_revisions = store.stage_info("generate").get("empty_revisions", 0)
+    for index, chunk in enumerate(chunks):
+        if index in done:
+            continue
+        if accelerator.is_main_process:
+            print(f"[sl] chunk {index + 1}/{len(chunks)}: {len(chunk)} prompts")
+        records, empty = run_chains(chunk, complete, constitution_hash=constitution.content_hash)
+        store.write_shard(DATA_STAGE, index, records)
+        empty_revisions += empty
+        store.mark_stage("generate", "running", empty_revisions=empty_revisions)
+        accelerator.wait_for_everyone()
+    records = store.read_records(DATA_STAGE)
+    counts = {
+        "records": len(records),
+        "red_team": sum(r["kind"] == "red_team" for r in records),
+        "helpful": sum(r["kind"] == "helpful" for r in records),
+        "empty_revisions": empty_revisions,
+    }
+    store.mark_stage("generate", "done", **counts)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(f"[sl] {DATA_STAGE}: {counts['red_team']} red-team chains, {counts['helpful']} helpful responses -> {store.stage_dir(DATA_STAGE)}")
+        show_examples(records, config.sl.show_examples)
+
+
+def show_examples(records: list[dict[str, Any]], count: int) -> None:
+    shown = [r for r in records if r["kind"] == "red_team"][:count]
+    for record in shown:
+        print("-" * 78)
+        print(f"PROMPT    {record['prompt']}")
+        print(f"RESPONSE  {_short(record['response'])}")
+        for number, step in enumerate(record["rounds"], start=1):
+            print(f"CRITIQUE{number} [{step['principle_id']}] {_short(step['critique'])}")
+        print(f"REVISION  {_short(record['revision'])}")
+    if shown:
+        print("-" * 78)
+
+
+def _short(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    records = store.require_stage("generate", needed_by="sft", records=DATA_STAGE)
+    examples = sft_examples(records, helpful_per_red_team=config.sl.helpful_per_red_team, all_rounds=config.sl.train_on_all_rounds, seed=config.seed)
+    if not examples:
+        raise CaiError(f"{store.stage_dir(DATA_STAGE)}: no usable revisions to fine-tune on; check the generate stage output")
+    if accelerator.is_main_process:
+        atomic_write_text(store.root / "sft_data" / "train.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+    ref = models.resolve(config.model, setting="model")
+    tokenizer = models.load_tokenizer(ref, padding_side="right")
+    model = models.load_causal_lm(ref, dtype=models.default_dtype(), trainable=True)
+    models.sync_pad_token(model, tokenizer)
+    checkpoints = store.root / "checkpoints" / "sft"
+    args = trainer_config(
+        SFTConfig,
+        config.sft,
+        section="sft",
+        output_dir=checkpoints,
+        seed=config.seed,
+        completion_only_loss=True,
+        eos_token=tokenizer.eos_token,
+    )
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
+        callbacks=[jsonl_log_callback(store.root / "logs" / "sft.jsonl", stage="sft")],
+    )
+    check_completion_masks(trainer.train_dataset, section="sft")
+    resume = last_checkpoint(checkpoints)
+    if resume and accelerator.is_main_process:
+        print(f"[sl] sft: resuming from {resume}")
+    store.mark_stage("sft", "running", examples=len(examples))
+    result = trainer.train(resume_from_checkpoint=resume)
+    save_policy(trainer, tokenizer, store.root / MODEL_DIR, lora=config.lora, accelerator=accelerator)
+    store.mark_stage("sft", "done", examples=len(examples), train_loss=result.training_loss, steps=result.global_step, lora=config.lora.enabled)
+    store.update_manifest(lambda m: m.setdefault("models", {}).update({"sl_model": str(store.root / MODEL_DIR)}))
+    if accelerator.is_main_process:
+        print(f"[sl] sft: {len(examples)} examples, {result.global_step} steps, loss {result.training_loss:.4f} -> {store.root / MODEL_DIR}")
+
+
+def check_completion_masks(dataset: Any, *, section: str) -> None:
+    """Every example must keep at least one trained token; truncation can silently remove them all."""
+    if "completion_mask" not in dataset.column_names:
+        return
+    empty = [i for i, mask in enumerate(dataset["completion_mask"]) if not any(mask)]
+    if empty:
+        raise CaiError(f"{section}.max_length: {len(empty)} examples lose every completion token to truncation (first: row {empty[0]}); raise {section}.max_length")
+
+
+def save_policy(trainer: Any, tokenizer: Any, destination: Path, *, lora: Any, accelerator: Any) -> None:
+    """save_pretrained into a staging directory, then move it into place (merged when LoRA asks)."""
+    staging = fresh_staging(destination) if accelerator.is_main_process else destination
+    accelerator.wait_for_everyone()
+    model = trainer.model
+    if lora.enabled and lora.merge:
+        model = accelerator.unwrap_model(model).merge_and_unload()
+        if accelerator.is_main_process:
+            model.save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))
+    if accelerator.is_main_process:
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(staging)
+        replace_directory(staging, destination)
+    accelerator.wait_for_everyone()
