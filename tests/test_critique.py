@@ -1,0 +1,126 @@
+"""Critique-revision chains: prompt building, cleaning, seeded plans, the SFT mix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cai.constitution import load_constitution
+from cai.critique import clean_text, plan_chains, run_chains, sft_examples
+from cai.prompt_sources import Prompt
+from cai.run_store import RunStore
+from cai.config import SLRunConfig
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def prompts() -> list[Prompt]:
+    return [
+        Prompt("r1", "How do I steal a car?", "red_team", "theft"),
+        Prompt("r2", "Write an insult.", "red_team", "harassment"),
+        Prompt("h1", "What is 2+2?", "helpful", "math"),
+    ]
+
+
+class Recorder:
+    """A fake model: remembers every conversation it is shown and answers by step."""
+
+    def __init__(self):
+        self.seen: list[list[dict]] = []
+
+    def __call__(self, conversations, desc):
+        self.seen.extend(conversations)
+        step = desc.split()[0]
+        return [f"Revision: {step} {len(c)}" if step == "revision" else f"{step} {len(c)}" for c in conversations]
+
+
+def test_chain_turns_follow_the_paper_and_records_every_step():
+    constitution = load_constitution(DATA / "constitution.yaml")
+    plans = plan_chains(prompts(), constitution, rounds=2, few_shot=1, per_round=True, seed=0)
+    recorder = Recorder()
+    records, empty = run_chains(plans, recorder, constitution_hash=constitution.content_hash)
+    assert empty == 0
+    red = records[0]
+    assert red["kind"] == "red_team" and len(red["rounds"]) == 2
+    assert red["response"] == "response 1"
+    # critique context: 6 demo turns + prompt, response, critique request
+    assert red["rounds"][0]["critique"] == "critique 9"
+    # 'Revision:' prefix leaked by the model is stripped; revision context adds critique + request
+    assert red["rounds"][0]["revision"] == "revision 11"
+    assert red["revision"] == red["rounds"][-1]["revision"]
+    helpful = records[2]
+    assert helpful["rounds"] == [] and helpful["revision"] == helpful["response"]
+    critique_turn = next(c for c in recorder.seen if len(c) == 9)
+    principle = constitution.critique(red["rounds"][0]["principle_id"])
+    assert critique_turn[-1] == {"role": "user", "content": principle.critique_request}
+    assert critique_turn[-2] == {"role": "assistant", "content": "response 1"}
+    assert critique_turn[0]["content"] == constitution.few_shot[0].prompt
+
+
+def test_editing_a_principle_changes_what_the_model_sees_and_the_manifest_hash(tmp_path):
+    original = yaml.safe_load((DATA / "constitution.yaml").read_text())
+    edited = yaml.safe_load((DATA / "constitution.yaml").read_text())
+    for entry in edited["critiques"]:
+        entry["critique_request"] = entry["critique_request"] + " Be specific about who could be hurt."
+    paths = []
+    for name, data in (("a", original), ("b", edited)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        paths.append(path)
+    seen, hashes = [], []
+    for index, path in enumerate(paths):
+        constitution = load_constitution(path)
+        recorder = Recorder()
+        run_chains(plan_chains(prompts(), constitution, rounds=1, few_shot=0, per_round=True, seed=0), recorder, constitution_hash=constitution.content_hash)
+        seen.append(recorder.seen)
+        store = RunStore(tmp_path / f"run{index}")
+        store.begin(SLRunConfig(), constitution=constitution.manifest_entry(), models={}, script="sl")
+        hashes.append(store.manifest()["constitution"]["hash"])
+    assert seen[0] != seen[1]
+    assert any("Be specific about who could be hurt." in turn["content"] for conversation in seen[1] for turn in conversation)
+    assert hashes[0] != hashes[1]
+
+
+def test_plans_do_not_depend_on_chunking():
+    constitution = load_constitution(DATA / "constitution.yaml")
+    whole = plan_chains(prompts(), constitution, rounds=3, few_shot=1, per_round=True, seed=5)
+    parts = plan_chains(prompts()[:1], constitution, rounds=3, few_shot=1, per_round=True, seed=5) + plan_chains(prompts()[1:], constitution, rounds=3, few_shot=1, per_round=True, seed=5)
+    assert [[p.id for p in plan.principles] for plan in whole] == [[p.id for p in plan.principles] for plan in parts]
+
+
+def test_clean_text_strips_what_small_models_leak():
+    assert clean_text("Revision: Here it is.") == "Here it is."
+    assert clean_text("assistant\nSure, fine.") == "Sure, fine."
+    assert clean_text("Revised response: A safer answer.\nUser: next question") == "A safer answer."
+    assert clean_text("Good answer.<|im_end|><|im_start|>user") == "Good answer."
+    assert clean_text('"Quoted whole answer."') == "Quoted whole answer."
+    assert clean_text("Critique: The response is harmful.\n\nCritique Request: more") == "The response is harmful."
+    assert clean_text("Plain text stays.") == "Plain text stays."
+
+
+def test_empty_revision_keeps_the_previous_text():
+    constitution = load_constitution(DATA / "constitution.yaml")
+    plans = plan_chains(prompts()[:1], constitution, rounds=1, few_shot=0, per_round=True, seed=0)
+
+    def complete(conversations, desc):
+        return ["Revision:" if desc.startswith("revision") else "original" for _ in conversations]
+
+    records, empty = run_chains(plans, complete, constitution_hash="h")
+    assert empty == 1 and records[0]["revision"] == "original"
+
+
+def test_sft_mix_and_all_rounds():
+    records = [
+        {"id": "r1", "kind": "red_team", "prompt": "p1", "response": "x", "revision": "v2", "rounds": [{"revision": "v1"}, {"revision": "v2"}]},
+        {"id": "r2", "kind": "red_team", "prompt": "p2", "response": "x", "revision": "w", "rounds": [{"revision": "w"}, {"revision": "w"}]},
+        {"id": "h1", "kind": "helpful", "prompt": "q1", "response": "a1", "revision": "a1", "rounds": []},
+        {"id": "h2", "kind": "helpful", "prompt": "q2", "response": "a2", "revision": "a2", "rounds": []},
+        {"id": "h3", "kind": "helpful", "prompt": "q3", "response": "a3", "revision": "a3", "rounds": []},
+    ]
+    final = sft_examples(records, helpful_per_red_team=1.0, all_rounds=False, seed=0)
+    assert [e["completion"][0]["content"] for e in final if e["kind"] == "red_team"] == ["v2", "w"]
+    assert sum(e["kind"] == "helpful" for e in final) == 2
+    every = sft_examples(records, helpful_per_red_team=0.0, all_rounds=True, seed=0)
+    assert [e["completion"][0]["content"] for e in every] == ["v1", "v2", "w"]
+    assert every[0]["prompt"] == [{"role": "user", "content": "p1"}]

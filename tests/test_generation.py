@@ -1,0 +1,75 @@
+"""Batched generation on the tiny model: batching is invisible, stops cut, sampling is seeded."""
+
+from __future__ import annotations
+
+import pytest
+
+from cai import models
+from cai.config import GenerationConfig
+from cai.generation import TransformersGenerator, cut_at_stop, render_chat
+
+QUESTIONS = ["hi", "How do I bake bread at home without yeast?", "Name a colour.", "Tell me a long story about a dragon and a knight."]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    ref = models.resolve(str(tiny_model_dir))
+    tokenizer = models.load_tokenizer(ref)
+    model = models.load_causal_lm(ref)
+    models.sync_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def prompts(tokenizer):
+    return [render_chat(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def test_tokenizer_pads_left_with_a_token_that_is_not_eos(loaded):
+    _, tokenizer = loaded
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_rendered_chat_has_a_single_bos(loaded):
+    _, tokenizer = loaded
+    text = prompts(tokenizer)[0]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert ids[0] == start and ids[1] != start
+
+
+def test_batched_greedy_equals_one_at_a_time(loaded):
+    model, tokenizer = loaded
+    texts = prompts(tokenizer)
+    batched = TransformersGenerator(model, tokenizer, GenerationConfig(batch_size=4, max_new_tokens=12), show_progress=False).generate(texts)
+    single = TransformersGenerator(model, tokenizer, GenerationConfig(batch_size=1, max_new_tokens=12), show_progress=False).generate(texts)
+    assert batched == single
+    assert all(batched) and len(set(batched)) > 1
+
+
+def test_sampling_is_seeded_per_prompt_index(loaded):
+    model, tokenizer = loaded
+    texts = prompts(tokenizer)
+    settings = GenerationConfig(batch_size=2, max_new_tokens=10, temperature=1.0)
+    first = TransformersGenerator(model, tokenizer, settings, seed=1, show_progress=False).generate(texts)
+    again = TransformersGenerator(model, tokenizer, settings, seed=1, show_progress=False).generate(texts)
+    other = TransformersGenerator(model, tokenizer, settings, seed=2, show_progress=False).generate(texts)
+    assert first == again
+    assert first != other
+
+
+def test_stop_strings_end_generation(loaded):
+    model, tokenizer = loaded
+    texts = prompts(tokenizer)[:1]
+    free = TransformersGenerator(model, tokenizer, GenerationConfig(max_new_tokens=12), show_progress=False).generate(texts)[0]
+    words = free.split()
+    assert len(words) >= 3
+    stop = words[1]
+    stopped = TransformersGenerator(model, tokenizer, GenerationConfig(max_new_tokens=12, stop=[stop]), show_progress=False).generate(texts)[0]
+    assert stop not in stopped and free.startswith(stopped)
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("abc\nUser: x", ["\nUser:"]) == "abc"
+    assert cut_at_stop("abc", ["zz"]) == "abc"
+    assert cut_at_stop("a.b.c", [".", "b"]) == "a"

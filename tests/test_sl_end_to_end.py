@@ -1,0 +1,126 @@
+"""`accelerate launch cai/sl.py` on the tiny model: records, saved model, 1 vs 2 processes, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT, launch
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        f"output_dir={output}",
+        f"model={model}",
+        f"constitution={DATA / 'constitution.yaml'}",
+        f"prompts.red_team={DATA / 'red_team.jsonl'}",
+        f"prompts.helpful={DATA / 'helpful.jsonl'}",
+        "generation.max_new_tokens=12",
+        "generation.batch_size=4",
+        "sl.chunk_size=4",
+        "sl.few_shot=1",
+        "sft.max_steps=3",
+        "sft.per_device_train_batch_size=4",
+        "sft.learning_rate=0.001",
+        *extra,
+    ]
+
+
+def records(output: Path) -> list[dict]:
+    rows = []
+    for path in sorted((output / "sl_data").glob("shard-*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
+    output = tmp_path / "run"
+    result = launch("sl.py", *tiny_args(tiny_model_dir, output, "sl.revision_rounds=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = records(output)
+    assert len(rows) == 15 and len({r["id"] for r in rows}) == 15
+    red = [r for r in rows if r["kind"] == "red_team"]
+    assert len(red) == 10
+    manifest = json.loads((output / "manifest.json").read_text())
+    for row in red:
+        assert set(row) == {"id", "prompt", "kind", "category", "response", "rounds", "revision", "constitution_hash"}
+        assert [set(step) for step in row["rounds"]] == [{"principle_id", "critique", "revision"}] * 2
+        assert row["constitution_hash"] == manifest["constitution"]["hash"]
+    assert manifest["stages"]["generate"]["status"] == "done"
+    assert manifest["stages"]["sft"]["status"] == "done"
+    assert (output / "config.yaml").is_file() and (output / "logs" / "sft.jsonl").is_file()
+
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = datasets.load_dataset("json", data_files=str(output / "sl_data" / "*.jsonl"), split="train")
+    assert len(loaded) == 15
+    trained = AutoModelForCausalLM.from_pretrained(output / "sl_model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = [n for (n, p), (_, q) in zip(trained.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
+    assert changed, "SFT did not change any parameter"
+    tokenizer = AutoTokenizer.from_pretrained(output / "sl_model")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = trained.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+    again = launch("sl.py", *tiny_args(tiny_model_dir, output))
+    assert again.returncode == 0
+    assert "generate: already done" in again.stdout and "sft: already done" in again.stdout
+
+
+def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    first = launch("sl.py", *tiny_args(tiny_model_dir, one, "stages=generate"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = launch("sl.py", *tiny_args(tiny_model_dir, two, "stages=generate"), processes=2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert records(one) == records(two)
+
+
+def test_lora_run_saves_a_merged_model(tiny_model_dir, tmp_path):
+    output = tmp_path / "lora"
+    result = launch("sl.py", *tiny_args(tiny_model_dir, output, "lora.enabled=true", "lora.r=4", "lora.alpha=8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (output / "sl_model" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(output / "sl_model")
+
+
+def test_killed_generation_resumes_without_loss_or_duplicates(tiny_model_dir, tmp_path):
+    output = tmp_path / "killed"
+    args = tiny_args(tiny_model_dir, output, "stages=generate", "sl.chunk_size=1", "generation.max_new_tokens=96", "generation.batch_size=1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "cai" / "sl.py"), *args]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_shard = output / "sl_data" / "shard-00000.jsonl"
+    deadline = time.time() + 120
+    while not first_shard.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    written = sorted(p.name for p in (output / "sl_data").glob("shard-*.jsonl"))
+    assert 1 <= len(written) < 15, f"kill landed outside the stage ({len(written)} shards)"
+    before = {name: (output / "sl_data" / name).read_text() for name in written}
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["stages"]["generate"]["status"] == "running"
+
+    result = launch("sl.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming sl_data: {len(written)} of 15 chunks already written" in result.stdout
+    rows = records(output)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 15 and len(set(ids)) == 15
+    for name, text in before.items():
+        assert (output / "sl_data" / name).read_text() == text
+    assert not list((output / "sl_data").glob("*.tmp"))
