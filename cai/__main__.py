@@ -15,9 +15,9 @@ from cai.errors import CaiError, exit_on_user_error
 
 def config_classes() -> dict[str, type]:
     """Stage name -> its config class; a config file is matched by its name or launch comment."""
-    from cai.config import SLRunConfig
+    from cai.config import RLRunConfig, SLRunConfig
 
-    return {"sl": SLRunConfig}
+    return {"sl": SLRunConfig, "rl": RLRunConfig}
 
 
 def validate(paths: list[str], kind: str | None) -> int:

@@ -323,3 +323,96 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
             raise CaiError(f"argument {arg!r}: expected --config PATH or key=value overrides")
         i += 1
     return config, overrides
+
+
+# ---------------------------------------------------------------- RLAIF
+
+
+@dataclass
+class SampleConfig:
+    """Response pairs from the SL model: several samples per prompt at a sampling temperature."""
+
+    responses_per_prompt: int = 2
+    temperature: float = 1.0
+    chunk_size: int = 32
+
+
+@dataclass
+class FeedbackConfig:
+    """The AI labeler: multiple choice over (A)/(B), read from next-token log-probabilities."""
+
+    model: str | None = None
+    principles_per_comparison: int = 1
+    ensemble: str = "mean"
+    debias_positions: bool = True
+    chain_of_thought: bool = False
+    cot_max_new_tokens: int = 96
+    cot_low: float = 0.4
+    cot_high: float = 0.6
+    min_confidence: float = 0.0
+    batch_size: int = 8
+    max_length: int = 2048
+    chunk_size: int = 32
+
+
+@dataclass
+class RewardConfig:
+    """Preference model on the AI labels; soft targets by default (the paper found them better)."""
+
+    model: str | None = None
+    soft_labels: bool = True
+    helpful_preferences: str | None = None
+    eval_fraction: float = 0.1
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=1e-5, max_length=1024))
+
+
+@dataclass
+class PPOConfig:
+    """PPO through trl; names follow trl's PPOConfig where one exists."""
+
+    kl_coef: float = 0.001
+    response_length: int = 128
+    temperature: float = 0.7
+    missing_eos_penalty: float | None = 1.0
+    whiten_rewards: bool = False
+    num_ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    total_episodes: int | None = None
+    local_rollout_forward_batch_size: int = 16
+    cliprange: float = 0.2
+    vf_coef: float = 0.1
+    step0_tolerance: float = 1e-3
+
+
+@dataclass
+class RLConfig:
+    """Which optimiser turns the reward model into a policy; `ppo` is the paper's method."""
+
+    algorithm: str = "ppo"
+    beta: float = 0.1
+    num_generations: int = 4
+
+
+@dataclass
+class RLRunConfig:
+    """`cai/rl.py`: sample pairs, label them with AI feedback, train a reward model, optimise the policy."""
+
+    output_dir: str = "runs/sl"
+    constitution: str = "constitutions/default.yaml"
+    model: str = ""
+    stages: list[str] = field(default_factory=lambda: ["sample", "label", "reward", "ppo"])
+    seed: int = 0
+    force: bool = False
+    prompts: PromptsConfig = field(default_factory=lambda: PromptsConfig(helpful=None))
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=1e-6, save_steps=50))
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def policy_reference(self) -> str:
+        """The SL model to start from: `model` if set, else this run directory's `sl_model`."""
+        return self.model or str(Path(self.output_dir) / "sl_model")

@@ -183,3 +183,44 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     if size <= 0:
         raise CaiError(f"chunk_size: must be positive, got {size}")
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_chunked(
+    store: RunStore,
+    *,
+    stage: str,
+    records_dir: str,
+    items: list[Any],
+    chunk_size: int,
+    work: Callable[[list[Any]], list[dict[str, Any]]],
+    accelerator: Any,
+    tag: str,
+) -> list[dict[str, Any]]:
+    """Process `items` chunk by chunk, one atomic shard each; a relaunch skips written chunks.
+
+    All processes take part in every chunk (generation is sharded inside `work`); only the
+    main process writes. Returns every record of the stage in input order.
+    """
+    chunks = chunked(items, chunk_size)
+    done = store.done_shards(records_dir)
+    if done and accelerator.is_main_process:
+        print(f"[{tag}] resuming {records_dir}: {len(done)} of {len(chunks)} chunks already written")
+    for index, chunk in enumerate(chunks):
+        if index in done:
+            continue
+        if accelerator.is_main_process:
+            print(f"[{tag}] {stage} chunk {index + 1}/{len(chunks)}: {len(chunk)} items")
+        store.write_shard(records_dir, index, work(chunk))
+        accelerator.wait_for_everyone()
+    return store.read_records(records_dir)
+
+
+def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerprint: str) -> None:
+    """Refuse to resume a stage on different inputs: its shards would mix two selections."""
+    started = store.stage_info(stage).get("inputs")
+    if started and started != fingerprint and store.done_shards(records_dir):
+        raise CaiError(
+            f"{store.stage_dir(records_dir)}: stage {stage!r} was started on different inputs; "
+            "keep the same prompts/seed to resume, set force=true to start the stage over, or use a new output_dir"
+        )
+    store.mark_stage(stage, "running", inputs=fingerprint)

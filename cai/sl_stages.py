@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from cai import models
-from cai.config import SLRunConfig
+from cai.config import GenerationConfig, PromptsConfig, SLRunConfig
 from cai.constitution import Constitution
 from cai.critique import plan_chains, prompt_set_hash, run_chains, sft_examples
 from cai.errors import CaiError
 from cai.generation import build_generator, generate_sharded, render_chat
 from cai.prompt_sources import Prompt, load_prompts
-from cai.run_store import RunStore, atomic_write_text, chunked
+from cai.run_store import RunStore, atomic_write_text, check_same_inputs, run_chunked
 from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory, trainer_config
 
 DATA_STAGE = "sl_data"
@@ -22,24 +22,23 @@ MODEL_DIR = "sl_model"
 STAGES = {"generate": [DATA_STAGE], "sft": [MODEL_DIR, "sft_data", "checkpoints/sft", "logs/sft.jsonl"]}
 
 
-def select_prompts(config: SLRunConfig) -> list[Prompt]:
+def select_prompts(prompts: PromptsConfig, seed: int) -> list[Prompt]:
     """Red-team prompts, then helpful ones, each subsampled with the run's seed."""
-    p = config.prompts
-    prompts = load_prompts(p.red_team, kind="red_team", column=p.red_team_column, split=p.split, limit=p.max_red_team, shuffle=p.shuffle, seed=config.seed, setting="prompts.red_team")
-    if p.helpful:
-        prompts += load_prompts(p.helpful, kind="helpful", column=p.helpful_column, split=p.split, limit=p.max_helpful, shuffle=p.shuffle, seed=config.seed, setting="prompts.helpful")
-    return prompts
+    selected = load_prompts(prompts.red_team, kind="red_team", column=prompts.red_team_column, split=prompts.split, limit=prompts.max_red_team, shuffle=prompts.shuffle, seed=seed, setting="prompts.red_team")
+    if prompts.helpful:
+        selected += load_prompts(prompts.helpful, kind="helpful", column=prompts.helpful_column, split=prompts.split, limit=prompts.max_helpful, shuffle=prompts.shuffle, seed=seed, setting="prompts.helpful")
+    return selected
 
 
-def generation_function(reference: str, config: SLRunConfig, accelerator: Any, *, setting: str):
+def generation_function(reference: str, settings: GenerationConfig, seed: int, accelerator: Any, *, setting: str):
     """A `complete(list[messages], desc) -> list[str]` for one model, sharded over processes."""
     ref = models.resolve(reference, setting=setting)
     tokenizer = models.load_tokenizer(ref)
     model = None
-    if config.generation.backend == "transformers":
+    if settings.backend == "transformers":
         model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)
         models.sync_pad_token(model, tokenizer)
-    generator = build_generator(model, tokenizer, config.generation, model_path=ref.path, seed=config.seed, accelerator=accelerator)
+    generator = build_generator(model, tokenizer, settings, model_path=ref.path, seed=seed, accelerator=accelerator)
 
     def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
         texts = [render_chat(tokenizer, messages) for messages in conversations]
@@ -49,47 +48,30 @@ def generation_function(reference: str, config: SLRunConfig, accelerator: Any, *
 
 
 def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constitution: Constitution) -> None:
-    prompts = select_prompts(config)
     if config.sl.revision_rounds < 1:
         raise CaiError(f"sl.revision_rounds: must be at least 1, got {config.sl.revision_rounds}")
-    fingerprint = prompt_set_hash(prompts)
-    started = store.stage_info("generate").get("prompt_set")
-    if started and started != fingerprint and store.done_shards(DATA_STAGE):
-        raise CaiError(
-            f"{store.stage_dir(DATA_STAGE)}: was started on a different prompt selection; "
-            "keep the same prompts/seed to resume, set force=true to start the stage over, or use a new output_dir"
-        )
-    store.mark_stage("generate", "running", prompt_set=fingerprint, prompts=len(prompts))
+    prompts = select_prompts(config.prompts, config.seed)
+    check_same_inputs(store, stage="generate", records_dir=DATA_STAGE, fingerprint=prompt_set_hash(prompts))
     plans = plan_chains(prompts, constitution, rounds=config.sl.revision_rounds, few_shot=config.sl.few_shot, per_round=config.sl.principle_per_round, seed=config.seed)
-    chunks = chunked(plans, config.sl.chunk_size)
-    done = store.done_shards(DATA_STAGE)
-    if done and accelerator.is_main_process:
-        print(f"[sl] resuming {DATA_STAGE}: {len(done)} of {len(chunks)} chunks already written")
-    complete_policy = generation_function(config.model, config, accelerator, setting="model")
+    complete_policy = generation_function(config.model, config.generation, config.seed, accelerator, setting="model")
     complete_critic = complete_policy
     if config.sl.critique_model and config.sl.critique_model != config.model:
-        complete_critic = generation_function(config.sl.critique_model, config, accelerator, setting="sl.critique_model")
+        complete_critic = generation_function(config.sl.critique_model, config.generation, config.seed, accelerator, setting="sl.critique_model")
 
     def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
         return (complete_policy if desc == "response" else complete_critic)(conversations, desc)
 
-    empty_revisions = store.stage_info("generate").get("empty_revisions", 0)
-    for index, chunk in enumerate(chunks):
-        if index in done:
-            continue
-        if accelerator.is_main_process:
-            print(f"[sl] chunk {index + 1}/{len(chunks)}: {len(chunk)} prompts")
+    def work(chunk: list[Any]) -> list[dict[str, Any]]:
         records, empty = run_chains(chunk, complete, constitution_hash=constitution.content_hash)
-        store.write_shard(DATA_STAGE, index, records)
-        empty_revisions += empty
-        store.mark_stage("generate", "running", empty_revisions=empty_revisions)
-        accelerator.wait_for_everyone()
-    records = store.read_records(DATA_STAGE)
+        if empty:
+            store.mark_stage("generate", "running", empty_revisions=store.stage_info("generate").get("empty_revisions", 0) + empty)
+        return records
+
+    records = run_chunked(store, stage="generate", records_dir=DATA_STAGE, items=plans, chunk_size=config.sl.chunk_size, work=work, accelerator=accelerator, tag="sl")
     counts = {
         "records": len(records),
         "red_team": sum(r["kind"] == "red_team" for r in records),
         "helpful": sum(r["kind"] == "helpful" for r in records),
-        "empty_revisions": empty_revisions,
     }
     store.mark_stage("generate", "done", **counts)
     accelerator.wait_for_everyone()
