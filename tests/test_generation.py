@@ -73,3 +73,17 @@ def test_cut_at_stop():
     assert cut_at_stop("abc\nUser: x", ["\nUser:"]) == "abc"
     assert cut_at_stop("abc", ["zz"]) == "abc"
     assert cut_at_stop("a.b.c", [".", "b"]) == "a"
+
+
+def test_scored_ids_match_what_a_rollout_builds(loaded):
+    from cai.chat_format import prompt_ids, scored_ids
+
+    _, tokenizer = loaded
+    ids = scored_ids(tokenizer, "What is 2+2?", "It is 4.")
+    head = prompt_ids(tokenizer, "What is 2+2?")
+    assert ids[: len(head)] == head
+    assert ids[-1] == tokenizer.eos_token_id and ids[-2] != tokenizer.eos_token_id
+    assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant: no double BOS
+    assert scored_ids(tokenizer, "What is 2+2?", "It is 4.<|im_end|>") == ids
+    short = scored_ids(tokenizer, "What is 2+2? " * 50, "It is 4.", max_length=16)
+    assert len(short) == 16 and short[-1] == tokenizer.eos_token_id

@@ -1,0 +1,42 @@
+"""One tokenization path for every stage that scores a (prompt, response) pair.
+
+PPO builds `query_ids + response_ids` where the query is the chat template up to the
+assistant header and the response ends at EOS; the reward model reads its score at the
+last non-pad token. So reward-model training, PPO and evaluation all build exactly those
+ids here: the template's own tokens, no second BOS, and the EOS the policy emits (not the
+newline some templates add after it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cai.generation import render_chat
+
+
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """The chat template up to and including the assistant header (what the policy sees)."""
+    return render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer: Any, response: str) -> list[int]:
+    """The response's tokens followed by exactly one EOS, as a finished rollout ends."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    while ids and ids[-1] == eos:
+        ids = ids[:-1]
+    return ids + [eos]
+
+
+def scored_ids(tokenizer: Any, prompt: str, response: str, *, max_length: int | None = None) -> list[int]:
+    """prompt + response + EOS; when too long the prompt is cut from the left so the EOS survives."""
+    head, tail = prompt_ids(tokenizer, prompt), response_ids(tokenizer, response)
+    if max_length is not None and len(head) + len(tail) > max_length:
+        keep = max(max_length - len(tail), 0)
+        head = head[len(head) - keep :] if keep else []
+        tail = tail[-max_length:]
+    return head + tail
