@@ -48,6 +48,7 @@ class GenerationConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     max_prompt_length: int = 2048
     vllm_gpu_memory_utilization: float = 0.5

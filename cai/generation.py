@@ -75,6 +75,7 @@ class TransformersGenerator:
                     temperature=self.settings.temperature if sampling else None,
                     top_p=self.settings.top_p if sampling else None,
                     top_k=None,
+                    repetition_penalty=self.settings.repetition_penalty if self.settings.repetition_penalty != 1.0 else None,
                     stop_strings=list(self.settings.stop) or None,
                     tokenizer=self.tokenizer if self.settings.stop else None,
                     pad_token_id=self.tokenizer.pad_token_id,
@@ -116,6 +117,7 @@ class VLLMGenerator:
             SamplingParams(
                 temperature=self.settings.temperature,
                 top_p=self.settings.top_p,
+                repetition_penalty=self.settings.repetition_penalty,
                 max_tokens=self.settings.max_new_tokens,
                 stop=list(self.settings.stop) or None,
                 seed=self.seed * 1_000_003 + index,

@@ -43,8 +43,8 @@ def trainer_config(config_cls: type, settings: TrainingConfig, *, section: str, 
     values: dict[str, Any] = {name: getattr(settings, name) for name in TYPED_FIELDS if name in known}
     if "max_length" in known:
         values["max_length"] = settings.max_length
-    if settings.gradient_checkpointing:  # renamed activation_checkpointing in transformers 5.x
-        values["activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"] = True
+    # Always explicit: trl defaults it to True (slow on CPU), and transformers 5 renamed it.
+    values["activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"] = settings.gradient_checkpointing
     values.update(
         output_dir=str(output_dir),
         seed=seed,

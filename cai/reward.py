@@ -1,0 +1,496 @@
+"""The RLAIF `reward` stage: a preference model trained with trl's RewardTrainer on the AI labels.
+
+Follows Bai et al. 2022 (sec. 4.1): the feedback model's probabilities are the targets, and
+human helpfulness comparisons may be mixed in (here a user file, `reward.helpful_preferences`,
+each comparison counted as certain, p_chosen = 1). Departures, and why:
+- Soft targets go through `preference_math.soft_preference_loss` in a `compute_loss` override;
+  trl has only hard labels, which stay one setting away (`reward.soft_labels=false`).
+- Every comparison is tokenized with `chat_format.scored_ids` (template up to the assistant
+  header + response + one EOS), the exact ids a trl PPO rollout scores, and the score is read
+  at that EOS; trl's own tokenization would render the assistant turn's trailing newline.
+- Calibration is measured on the held-out comparisons in both orders (confidence vs
+  accuracy, the usual reliability diagram); with every outcome "chosen wins" ECE would only
+  measure under-confidence. The mean gap to the soft labels is reported beside it.
+- The reward model is always saved with LoRA merged: PPO loads it as a plain
+  sequence-classification model (reward and value head), so an adapter cannot stand in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cai import models
+from cai.chat_format import response_ids, scored_ids
+from cai.config import RLRunConfig
+from cai.errors import CaiError
+from cai.preference_math import calibration
+from cai.rl_stages import PREFERENCES, REWARD_MODEL, policy_reference
+from cai.run_store import RunStore
+from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory, trainer_config
+
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One preference: `chosen` is preferred to `rejected` with probability `p_chosen`."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    p_chosen: float
+    source: str  # "ai" (the label stage) or "helpful" (the user's file)
+
+
+# ---------------------------------------------------------------- reading comparisons
+
+
+def message_text(value: Any, *, role: str, where: str, column: str) -> str:
+    """A plain string, or a conversational column holding exactly one `role` message."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        message = value[0]
+        if message.get("role") == role and isinstance(message.get("content"), str):
+            return message["content"]
+    raise CaiError(
+        f"{where}: column {column!r} must be a string or a single {role!r} message "
+        f"([{{\"role\": \"{role}\", \"content\": ...}}]), got {json.dumps(value)[:80]}; multi-turn prompts are not supported"
+    )
+
+
+def probability(value: Any, *, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise CaiError(f"{where}: p_chosen {value!r} is not a probability in [0, 1]; fix the record or rerun the stage that wrote it")
+    return float(value)
+
+
+def comparison_from_record(record: dict[str, Any], *, where: str, source: str, default_p: float | None = None) -> Comparison:
+    """A label-stage or user record ({"prompt","chosen","rejected"[,"p_chosen"]}) as a Comparison."""
+    for column in COLUMNS:
+        if column not in record:
+            raise CaiError(f"{where}: missing column {column!r}; each record needs prompt, chosen and rejected (id optional)")
+    raw_p = record.get("p_chosen", default_p)
+    if raw_p is None:
+        raise CaiError(f"{where}: missing column 'p_chosen'; rerun the label stage (force=true)")
+    return Comparison(
+        id=str(record.get("id", where)),
+        prompt=message_text(record["prompt"], role="user", where=where, column="prompt"),
+        chosen=message_text(record["chosen"], role="assistant", where=where, column="chosen"),
+        rejected=message_text(record["rejected"], role="assistant", where=where, column="rejected"),
+        p_chosen=probability(raw_p, where=where),
+        source=source,
+    )
+
+
+def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful_preferences") -> list[Comparison]:
+    """Human helpfulness comparisons from JSONL: prompt/chosen/rejected as strings or messages, p_chosen = 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaiError(f"{setting}: {path} not found; point it at a JSONL file of {{\"id\",\"prompt\",\"chosen\",\"rejected\"}} lines")
+    comparisons = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CaiError(f"{where}: not valid JSON ({error.msg}); write one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise CaiError(f"{where}: expected a JSON object with prompt, chosen and rejected, got {type(record).__name__}")
+            record = {**record, "id": str(record.get("id", f"{path.stem}-{number}"))}
+            comparisons.append(comparison_from_record(record, where=where, source="helpful", default_p=1.0))
+    if not comparisons:
+        raise CaiError(f"{setting}: {path} holds no preferences; add lines or unset {setting}")
+    return comparisons
+
+
+def orient(comparison: Comparison) -> Comparison:
+    """Put the more likely response first (p_chosen >= 0.5), as trl's loss and the accuracy assume."""
+    if comparison.p_chosen >= 0.5:
+        return comparison
+    return replace(comparison, chosen=comparison.rejected, rejected=comparison.chosen, p_chosen=1.0 - comparison.p_chosen)
+
+
+def split_held_out(comparisons: Sequence[Comparison], fraction: float, seed: int) -> tuple[list[Comparison], list[Comparison]]:
+    """Seeded train / held-out split by prompt, so no held-out prompt (or response) is trained on.
+
+    Holds out about `fraction` of the comparisons, at least one when there are two or more
+    prompts and fraction > 0, and never every prompt.
+    """
+    prompts = sorted({c.prompt for c in comparisons})
+    random.Random(seed).shuffle(prompts)
+    target = round(len(comparisons) * fraction)
+    if fraction > 0 and len(prompts) >= 2:
+        target = max(target, 1)
+    per_prompt: dict[str, int] = {}
+    for c in comparisons:
+        per_prompt[c.prompt] = per_prompt.get(c.prompt, 0) + 1
+    chosen: set[str] = set()
+    count = 0
+    for prompt in prompts[:-1]:  # the last prompt always trains
+        if count >= target:
+            break
+        chosen.add(prompt)
+        count += per_prompt[prompt]
+    train = [c for c in comparisons if c.prompt not in chosen]
+    held_out = [c for c in comparisons if c.prompt in chosen]
+    return train, held_out
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[Comparison], *, max_length: int, soft_labels: bool) -> tuple[list[dict[str, Any]], int]:
+    """trl's pre-tokenized columns (`chosen_ids`, `rejected_ids`), plus `p_chosen` for the soft loss.
+
+    Returns the rows and how many comparisons had their prompt cut from the left to fit.
+    """
+    rows, truncated = [], 0
+    for c in comparisons:
+        chosen = scored_ids(tokenizer, c.prompt, c.chosen, max_length=max_length)
+        rejected = scored_ids(tokenizer, c.prompt, c.rejected, max_length=max_length)
+        full = len(scored_ids(tokenizer, c.prompt, c.chosen)), len(scored_ids(tokenizer, c.prompt, c.rejected))
+        truncated += full != (len(chosen), len(rejected))
+        row: dict[str, Any] = {"chosen_ids": chosen, "rejected_ids": rejected}
+        if soft_labels:
+            row["p_chosen"] = c.p_chosen
+        rows.append(row)
+    return rows, truncated
+
+
+def check_padding(tokenizer: Any, *, setting: str) -> None:
+    """The score is read at the last non-pad token; if pad were EOS that would be the token before EOS."""
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise CaiError(
+            f"{setting}: the tokenizer has no pad token distinct from EOS ({tokenizer.eos_token!r}), so the reward "
+            "would be read before the EOS; use a model whose vocabulary has a separate pad token (e.g. <|endoftext|> or <pad>)"
+        )
+
+
+def check_same_tokenizer(policy: Any, reward: Any, *, policy_name: str, reward_name: str, setting: str = "reward.model") -> None:
+    """PPO hands the policy's token ids to the reward model, so both must read ids the same way."""
+    differences = []
+    policy_vocab, reward_vocab = policy.get_vocab(), reward.get_vocab()
+    if policy_vocab != reward_vocab:
+        only = sorted(set(reward_vocab) ^ set(policy_vocab))[:3]
+        detail = f"vocabulary sizes {len(policy_vocab)} vs {len(reward_vocab)}" if only else "same tokens with different ids"
+        differences.append(detail + (f", e.g. {', '.join(map(repr, only))}" if only else ""))
+    for name in ("eos_token", "pad_token", "bos_token"):
+        if getattr(policy, f"{name}_id") != getattr(reward, f"{name}_id"):
+            differences.append(f"{name} {getattr(policy, name)!r} vs {getattr(reward, name)!r}")
+    if differences:
+        raise CaiError(
+            f"{setting}: {reward_name} has a different tokenizer from the policy {policy_name} ({'; '.join(differences)}); "
+            "PPO scores the policy's token ids with the reward model, so choose a reward base with the policy's tokenizer or unset reward.model"
+        )
+
+
+# ---------------------------------------------------------------- model and trainer
+
+
+def load_reward_base(ref: models.ModelRef, *, dtype: Any, setting: str) -> Any:
+    """A sequence-classification model with one output; a LoRA adapter is merged into its base first."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        if ref.is_adapter:
+            causal = models.load_causal_lm(ref, dtype=dtype)
+            causal.config.num_labels = 1
+            model = AutoModelForSequenceClassification.from_config(causal.config, dtype=dtype)
+            missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
+            missing = [k for k in missing if not k.startswith(("score.", "classifier."))]
+            if missing:
+                raise CaiError(f"{setting}: {ref.name} does not map onto a sequence classifier (missing {missing[0]}); merge the adapter and save a full model")
+        else:
+            from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+            with suppress_seqcls_warning():
+                model = AutoModelForSequenceClassification.from_pretrained(ref.path, gguf_file=ref.gguf_file, num_labels=1, dtype=dtype)
+    except (OSError, ValueError, KeyError) as error:
+        raise CaiError(f"{setting}: cannot load {ref.name} as a reward model ({models._first_line(error)}); use a causal LM with a sequence-classification class") from None
+    if ref.gguf_file:
+        model.config.quantization_config = None
+    return model
+
+
+def soft_label_classes() -> tuple[type, type]:
+    """trl's RewardTrainer and preference collator, extended to carry `p_chosen` to the loss."""
+    import torch
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from cai.preference_math import soft_preference_loss
+
+    @dataclass
+    class SoftPreferenceCollator(DataCollatorForPreference):
+        """trl's collator (chosen rows, then rejected rows, right padded) plus a `p_chosen` tensor."""
+
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = super().torch_call(examples)
+            if "p_chosen" in examples[0]:
+                batch["p_chosen"] = torch.tensor([e["p_chosen"] for e in examples], dtype=torch.float)
+            return batch
+
+    class SoftRewardTrainer(RewardTrainer):
+        """RewardTrainer whose loss is the cross-entropy against the labeler's probability."""
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()  # trl keeps only chosen_ids, rejected_ids, margin
+            if "p_chosen" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "p_chosen"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            p_chosen = inputs.pop("p_chosen", None)
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            if p_chosen is not None:  # trl's metrics stand; only the loss is replaced
+                chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+                loss = soft_preference_loss(chosen, rejected, p_chosen, inputs.get("margin"))
+                if self.args.center_rewards_coefficient is not None:
+                    loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            return (loss, outputs) if return_outputs else loss
+
+    return SoftRewardTrainer, SoftPreferenceCollator
+
+
+def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: Any, *, soft_labels: bool, peft_config: Any = None, callbacks: list[Any] = ()) -> Any:
+    """trl's RewardTrainer as is for hard labels; the soft-label subclass when `soft_labels`."""
+    from trl import RewardTrainer
+
+    trainer_cls, collator = RewardTrainer, None
+    if soft_labels:
+        trainer_cls, collator_cls = soft_label_classes()
+        collator = collator_cls(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
+    return trainer_cls(model=model, args=args, data_collator=collator, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+
+
+# ---------------------------------------------------------------- scoring and held-out metrics
+
+
+def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 8) -> list[float]:
+    """Reward of each id list by a plain forward pass, right padded: the score at the last real token."""
+    import torch
+
+    if getattr(model.config, "pad_token_id", None) != pad_token_id:
+        raise ValueError(f"score_ids: model.config.pad_token_id is {model.config.pad_token_id}, expected {pad_token_id}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(id_lists), batch_size):
+            batch = id_lists[start : start + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+                mask[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            scores.extend(logits[:, 0].float().cpu().tolist())
+    model.train(was_training)
+    return scores
+
+
+def score_responses(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None, batch_size: int = 8) -> list[float]:
+    """Reward of (prompt, response) pairs on exactly the ids PPO scores (for eval and reports)."""
+    ids = [scored_ids(tokenizer, p, r, max_length=max_length) for p, r in zip(prompts, responses, strict=True)]
+    return score_ids(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
+
+
+def score_sharded(model: Any, id_lists: list[list[int]], *, pad_token_id: int, batch_size: int, accelerator: Any) -> list[float]:
+    """Score across processes (equal shares, so sharded models step together), gathered in input order."""
+    from accelerate.utils import gather_object
+
+    with accelerator.split_between_processes(list(range(len(id_lists))), apply_padding=True) as mine:
+        scores = score_ids(model, [id_lists[i] for i in mine], pad_token_id=pad_token_id, batch_size=batch_size)
+        pairs = list(zip(mine, scores))
+    by_index: dict[int, float] = {}
+    for index, value in gather_object(pairs) if accelerator.num_processes > 1 else pairs:
+        by_index.setdefault(index, value)
+    return [by_index[i] for i in range(len(id_lists))]
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson correlation, or None when either side is constant (or fewer than two points)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (a.std() * b.std()))
+
+
+def held_out_metrics(chosen_scores: Sequence[float], rejected_scores: Sequence[float], p_chosen: Sequence[float], chosen_lengths: Sequence[int], rejected_lengths: Sequence[int], *, bins: int = 10) -> dict[str, Any]:
+    """Accuracy, calibration (ECE, Brier), gap to the soft labels, and the score-length correlation.
+
+    Inputs are oriented (p_chosen >= 0.5). The predicted probability is sigmoid(r_c - r_r);
+    ties (p_chosen = 0.5) have no winner and are left out of accuracy and calibration.
+    Calibration bins each comparison in both orders: (p, chosen won) and (1 - p, lost).
+    """
+    chosen, rejected = np.asarray(chosen_scores, dtype=np.float64), np.asarray(rejected_scores, dtype=np.float64)
+    labels = np.asarray(p_chosen, dtype=np.float64)
+    predicted = np.exp(-np.logaddexp(0.0, rejected - chosen))  # sigmoid(r_c - r_r), no overflow
+    decided = labels > 0.5
+    result: dict[str, Any] = {
+        "comparisons": int(chosen.size),
+        "ties": int((~decided).sum()),
+        "label_mae": float(np.mean(np.abs(predicted - labels))) if chosen.size else None,
+        "length_correlation": pearson(np.concatenate([chosen, rejected]), np.concatenate([chosen_lengths, rejected_lengths]).astype(np.float64)),
+        "mean_score": float(np.mean(np.concatenate([chosen, rejected]))) if chosen.size else None,
+        "accuracy": None,
+        "ece": None,
+        "brier": None,
+    }
+    if decided.any():
+        p = predicted[decided]
+        both = calibration(np.concatenate([p, 1.0 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), bins=bins)
+        result.update(accuracy=float(np.mean(chosen[decided] > rejected[decided])), ece=both.expected_calibration_error, brier=both.brier)
+    return result
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save_reward_model(trainer: Any, tokenizer: Any, destination: Path, *, accelerator: Any) -> None:
+    """save_pretrained (LoRA merged) into a staging directory, then move it into place."""
+    from accelerate.utils import is_peft_model
+
+    staging = fresh_staging(destination) if accelerator.is_main_process else destination
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model):
+        merged = model.merge_and_unload()
+        if accelerator.is_main_process:
+            merged.save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))
+    if accelerator.is_main_process:
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(staging)
+        replace_directory(staging, destination)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool) -> str:
+    text = json.dumps([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out]])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
+    """Train the reward model on the preferences (+ helpful file), report held-out quality, save it."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import RewardConfig
+
+    settings = config.reward
+    if not 0.0 <= settings.eval_fraction < 1.0:
+        raise CaiError(f"reward.eval_fraction: must be in [0, 1), got {settings.eval_fraction}; 0.1 holds out a tenth")
+    policy = policy_reference(config)
+    records = store.require_stage("label", needed_by="reward", records=PREFERENCES)
+    source_dir = store.stage_dir(PREFERENCES)
+    if not records:
+        raise CaiError(f"{source_dir}: holds no preferences; check the label stage (feedback.min_confidence may drop every comparison) and rerun it with force=true")
+    comparisons = [comparison_from_record(r, where=f"{source_dir} record {r.get('id', i)!r}", source="ai") for i, r in enumerate(records)]
+    if settings.helpful_preferences:
+        comparisons += read_helpful_preferences(settings.helpful_preferences)
+
+    policy_ref = models.resolve(policy, setting="model")
+    tokenizer = models.load_tokenizer(policy_ref, padding_side="right")
+    check_padding(tokenizer, setting="model")
+    base_setting = "reward.model" if settings.model else "model"
+    base_ref = models.resolve(settings.model, setting="reward.model") if settings.model else policy_ref
+    if settings.model:
+        check_same_tokenizer(tokenizer, models.load_tokenizer(base_ref), policy_name=policy_ref.name, reward_name=base_ref.name)
+
+    oriented = [orient(c) for c in comparisons]
+    ties_dropped = 0
+    if not settings.soft_labels:  # a hard label needs a winner
+        ties_dropped = sum(c.p_chosen == 0.5 for c in oriented)
+        oriented = [c for c in oriented if c.p_chosen > 0.5]
+        if not oriented:
+            raise CaiError(f"{source_dir}: every preference is a tie (p_chosen = 0.5), nothing to train on with reward.soft_labels=false; use soft labels")
+    train, held_out = split_held_out(oriented, settings.eval_fraction, config.seed)
+    max_length = settings.training.max_length
+    rows, truncated = tokenize_comparisons(tokenizer, train, max_length=max_length, soft_labels=settings.soft_labels)
+
+    checkpoints = store.root / "checkpoints" / "reward"
+    inputs = fingerprint(train, held_out, settings.soft_labels)
+    resume = last_checkpoint(checkpoints)
+    started = store.stage_info("reward").get("inputs")
+    if resume and started and started != inputs:
+        raise CaiError(f"{checkpoints}: reward training was started on other preferences or settings; set force=true to start over, or use a new output_dir")
+    counts = {"train": len(train), "held_out": len(held_out), "ai": sum(c.source == "ai" for c in comparisons), "helpful": sum(c.source == "helpful" for c in comparisons)}
+    store.mark_stage("reward", "running", inputs=inputs, **counts)
+
+    set_seed(config.seed)  # the score head is freshly initialised
+    model = load_reward_base(base_ref, dtype=models.default_dtype(), setting=base_setting)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = trainer_config(RewardConfig, settings.training, section="reward.training", output_dir=checkpoints, seed=config.seed)
+    trainer = build_reward_trainer(
+        model,
+        args,
+        Dataset.from_list(rows),
+        tokenizer,
+        soft_labels=settings.soft_labels,
+        peft_config=models.lora_config(config.lora, task_type="SEQ_CLS") if config.lora.enabled else None,
+        callbacks=[jsonl_log_callback(store.root / "logs" / "reward.jsonl", stage="reward")],
+    )
+    if resume and accelerator.is_main_process:
+        print(f"[rl] reward: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    metrics = evaluate_held_out(trainer.model, tokenizer, held_out, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
+    save_reward_model(trainer, tokenizer, store.root / REWARD_MODEL, accelerator=accelerator)
+    store.mark_stage(
+        "reward",
+        "done",
+        **counts,
+        soft_labels=settings.soft_labels,
+        ties_dropped=ties_dropped,
+        truncated_prompts=truncated,
+        train_loss=result.training_loss,
+        steps=result.global_step,
+        lora=config.lora.enabled,
+        resumed_from=resume,
+        held_out_metrics=metrics,
+    )
+    store.update_manifest(lambda m: m.setdefault("models", {}).update({"reward_model": str(store.root / REWARD_MODEL)}))
+    if accelerator.is_main_process:
+        quality = "no held-out set (reward.eval_fraction=0)"
+        if metrics:
+            quality = f"held-out accuracy {_fmt(metrics['accuracy'])}, ECE {_fmt(metrics['ece'])}, score-length r {_fmt(metrics['length_correlation'])}"
+        loss = f"loss {result.training_loss:.4f}" + (" (since the resume)" if resume else "")
+        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {quality} -> {store.root / REWARD_MODEL}")
+
+
+def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[Comparison], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
+    """Score every held-out response on the PPO ids and summarise (None without a held-out set)."""
+    if not held_out:
+        return None
+    ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in held_out for text in (c.chosen, c.rejected)]
+    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    lengths = [len(response_ids(tokenizer, text)) for c in held_out for text in (c.chosen, c.rejected)]
+    metrics = held_out_metrics(scores[0::2], scores[1::2], [c.p_chosen for c in held_out], lengths[0::2], lengths[1::2])
+    for source in sorted({c.source for c in held_out}):
+        picks = [i for i, c in enumerate(held_out) if c.source == source and c.p_chosen > 0.5]
+        metrics[f"accuracy_{source}"] = float(np.mean([scores[2 * i] > scores[2 * i + 1] for i in picks])) if picks else None
+    return metrics
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
