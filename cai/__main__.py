@@ -46,9 +46,11 @@ def validate(paths: list[str], kind: str | None) -> int:
 def detect_kind(path: Path, data: dict) -> str | None:
     if "critiques" in data or "preferences" in data:
         return "constitution"
+    if path.stem in config_classes():
+        return path.stem
     header = path.read_text(encoding="utf-8").split("\n", 3)[:3]
     for name in config_classes():
-        if path.stem == name or any(f"cai/{name}.py" in line for line in header):
+        if any(f"cai/{name}.py" in line for line in header):
             return name
     return None
 
