@@ -100,3 +100,29 @@ def test_accelerate_launch_shows_our_line(tmp_path):
     assert result.returncode != 0
     assert "cai: error: defaults: unknown key 'sl.revison_rounds'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_vllm_backend_without_vllm_installed(tmp_path, tiny_model_dir):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vllm is installed here")
+    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), "generation.backend=vllm"), "generation.backend: 'vllm' is selected but vllm is not installed")
+
+
+def test_unknown_generation_backend(tmp_path, tiny_model_dir):
+    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), "generation.backend=tgi"), "generation.backend: unknown choice 'tgi'; valid choices: transformers, vllm")
+
+
+def test_validate_command_reports_ok_and_errors(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "cai", "validate", "constitutions/default.yaml", "configs/demo/sl.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "constitutions/default.yaml: ok — constitution 'default'" in ok.stdout
+    bad = tmp_path / "c.yaml"
+    bad.write_text("name: x\nversion: 1\ncritiques: []\n")
+    result = subprocess.run([sys.executable, "-m", "cai", "validate", str(bad)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert_one_line(result, "missing required key 'preferences'", "'critiques' must list at least one principle")
