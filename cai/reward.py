@@ -34,7 +34,7 @@ from cai.errors import CaiError
 from cai.preference_math import calibration
 from cai.rl_stages import PREFERENCES, REWARD_MODEL, policy_reference
 from cai.run_store import RunStore
-from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory, trainer_config
+from cai.training import jsonl_log_callback, last_checkpoint, save_trained, trainer_config
 
 COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -364,23 +364,8 @@ def held_out_metrics(chosen_scores: Sequence[float], rejected_scores: Sequence[f
 
 
 def save_reward_model(trainer: Any, tokenizer: Any, destination: Path, *, accelerator: Any) -> None:
-    """save_pretrained (LoRA merged) into a staging directory, then move it into place."""
-    from accelerate.utils import is_peft_model
-
-    staging = fresh_staging(destination) if accelerator.is_main_process else destination
-    accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(trainer.model)
-    if is_peft_model(model):
-        merged = model.merge_and_unload()
-        if accelerator.is_main_process:
-            merged.save_pretrained(staging)
-    else:
-        trainer.save_model(str(staging))
-    if accelerator.is_main_process:
-        tokenizer.padding_side = "right"
-        tokenizer.save_pretrained(staging)
-        replace_directory(staging, destination)
-    accelerator.wait_for_everyone()
+    """Always merged: PPO loads the reward model as a plain classifier, an adapter can't stand in."""
+    save_trained(trainer, tokenizer, destination, merge_lora=True, padding_side="right", accelerator=accelerator)
 
 
 # ---------------------------------------------------------------- the stage

@@ -14,7 +14,7 @@ from cai.errors import CaiError
 from cai.generation import build_generator, generate_sharded, render_chat
 from cai.prompt_sources import Prompt, load_prompts
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs, run_chunked
-from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory, trainer_config
+from cai.training import jsonl_log_callback, last_checkpoint, save_trained, trainer_config
 
 DATA_STAGE = "sl_data"
 MODEL_DIR = "sl_model"
@@ -154,18 +154,5 @@ def check_completion_masks(dataset: Any, *, section: str) -> None:
 
 
 def save_policy(trainer: Any, tokenizer: Any, destination: Path, *, lora: Any, accelerator: Any) -> None:
-    """save_pretrained into a staging directory, then move it into place (merged when LoRA asks)."""
-    staging = fresh_staging(destination) if accelerator.is_main_process else destination
-    accelerator.wait_for_everyone()
-    model = trainer.model
-    if lora.enabled and lora.merge:
-        model = accelerator.unwrap_model(model).merge_and_unload()
-        if accelerator.is_main_process:
-            model.save_pretrained(staging)
-    else:
-        trainer.save_model(str(staging))
-    if accelerator.is_main_process:
-        tokenizer.padding_side = "left"
-        tokenizer.save_pretrained(staging)
-        replace_directory(staging, destination)
-    accelerator.wait_for_everyone()
+    """The SL policy, merged when LoRA asks (`lora.merge`), left-padded for generation."""
+    save_trained(trainer, tokenizer, destination, merge_lora=lora.enabled and lora.merge, padding_side="left", accelerator=accelerator)

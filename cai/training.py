@@ -94,6 +94,27 @@ def replace_directory(staging: Path, final: Path) -> None:
     staging.rename(final)
 
 
+def save_trained(trainer: Any, tokenizer: Any, destination: Path, *, merge_lora: bool, padding_side: str, accelerator: Any) -> None:
+    """save_pretrained into a staging directory, then move it into place; a peft model is merged
+    first when asked, so the artefact loads with plain `from_pretrained`."""
+    from accelerate.utils import is_peft_model
+
+    staging = fresh_staging(destination) if accelerator.is_main_process else destination
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(trainer.model)
+    if merge_lora and is_peft_model(model):
+        merged = model.merge_and_unload()
+        if accelerator.is_main_process:
+            merged.save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))
+    if accelerator.is_main_process:
+        tokenizer.padding_side = padding_side
+        tokenizer.save_pretrained(staging)
+        replace_directory(staging, destination)
+    accelerator.wait_for_everyone()
+
+
 def fresh_staging(final: Path) -> Path:
     staging = final.with_name(f".{final.name}.partial")
     if staging.exists():
