@@ -221,7 +221,19 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             problems.append(f"unknown key {dotted!r} ({closest(str(key), names)})")
             continue
         values[key] = _coerce(hints[key], value, dotted, problems)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            values[key] = _onto_section_default(cls, key, value, dotted)  # problems already reported above
     return cls(**values)
+
+
+def _onto_section_default(cls: type, key: str, raw: dict[str, Any], dotted: str) -> Any:
+    """A partly overridden section keeps its parent's defaults (e.g. RL's training.learning_rate=1e-6), not the class's."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if spec.default_factory is dataclasses.MISSING:
+        return _build(typing.get_type_hints(cls)[key], raw, f"{dotted}.", [])
+    base = spec.default_factory()
+    built = _build(type(base), raw, f"{dotted}.", [])
+    return dataclasses.replace(base, **{name: getattr(built, name) for name in raw if name in field_names(type(base))})
 
 
 def _coerce(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:

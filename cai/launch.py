@@ -29,6 +29,8 @@ def main(config_cls: type[T], argv: Sequence[str] | None, run: Callable[[T, Any]
         from accelerate import Accelerator
 
         accelerator = Accelerator()
+        if accelerator.is_main_process:
+            print(f"[cai] {accelerator.num_processes} process(es) on {accelerator.device}, output_dir={getattr(config, 'output_dir', '')}")
         run(config, accelerator)
         return 0
 

@@ -27,6 +27,10 @@ def run(config, accelerator) -> None:
     from cai.run_store import RunStore
 
     check_stages(list(config.stages), list(STAGES))
+    if "ppo" in config.stages:
+        from cai.policy_optimization import check_algorithm
+
+        check_algorithm(config)  # a typo should not surface only after sample, label and reward ran
     constitution = load_constitution(config.constitution)
     store = RunStore(config.output_dir, is_main=accelerator.is_main_process)
     refs = {"sl_model": config.policy_reference()}

@@ -82,9 +82,20 @@ def jsonl_log_callback(path: Path, *, stage: str) -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)
             entry = {"stage": stage, "step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
             with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry, default=float) + "\n")
+                handle.write(json.dumps({k: _finite(v) for k, v in entry.items()}) + "\n")
 
     return JsonlLog()
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf become null so every line stays valid JSON (trl logs NaN variances on tiny batches)."""
+    import math
+
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def replace_directory(staging: Path, final: Path) -> None:

@@ -85,6 +85,7 @@ def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = launch("sl.py", *tiny_args(tiny_model_dir, two, "stages=generate"), processes=2)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "[cai] 1 process(es)" in first.stdout and "[cai] 2 process(es)" in second.stdout
     assert records(one) == records(two)
 
 

@@ -1,0 +1,263 @@
+"""The `ppo` stage: optimise the SL policy against the constitution's reward model.
+
+`rl.algorithm` picks the optimiser: `ppo` (the paper's method, trl's experimental
+PPOTrainer; see cai/ppo_training.py), or trl's maintained `dpo`, `grpo` and `rloo` (see
+cai/rl_alternatives.py). Whatever the choice, the stage writes `rl_model/` (policy +
+tokenizer), `logs/ppo.jsonl`, and a manifest entry with the algorithm, the key metrics and
+the mean reward of greedy responses on a fixed prompt subset before and after training.
+
+Departures from the paper, and why: the paper mixes in human helpfulness prompts; here they
+are optional (`prompts.helpful`). The before/after reward is measured on greedy responses
+(scored on `chat_format.scored_ids`, the format the reward model was trained on), a fixed
+and cheap yardstick rather than the paper's Elo evaluations (those are the eval stage's job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from cai import models
+from cai.chat_format import prompt_ids, prompt_text, scored_ids
+from cai.config import RLRunConfig, check_choice
+from cai.errors import CaiError
+from cai.rl_stages import PREFERENCES, REWARD_MODEL, RL_MODEL, policy_reference
+from cai.run_store import RunStore
+from cai.sl_stages import select_prompts
+from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory
+
+ALGORITHMS = {
+    "ppo": "PPO against the reward model (the paper's method)",
+    "dpo": "DPO on the AI-labelled pairs in preferences/ (offline)",
+    "grpo": "GRPO, rl.num_generations samples per prompt scored by the reward model",
+    "rloo": "RLOO, rl.num_generations samples per prompt scored by the reward model",
+}
+NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
+EVAL_PROMPTS = 16  # the fixed subset (first prompts of the seeded selection) scored before and after
+CHECKPOINTS = Path("checkpoints") / "ppo"
+LOG = Path("logs") / "ppo.jsonl"
+RUN_SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+
+
+def check_algorithm(config: RLRunConfig) -> str:
+    return check_choice(config.rl.algorithm, ALGORITHMS, "rl.algorithm")
+
+
+def reward_model_ref(store: RunStore, algorithm: str, *, required: bool) -> models.ModelRef | None:
+    """This run's trained reward model, or an error telling the user to run the reward stage."""
+    path = store.root / REWARD_MODEL
+    if store.stage_done("reward") and path.is_dir():
+        return models.resolve(str(path), setting="reward_model")
+    if required:
+        raise CaiError(
+            f"{path}: no trained reward model (stage 'reward' has not finished); rl.algorithm={algorithm} scores "
+            "the policy with it, so run stages=reward first (e.g. stages=reward,ppo)"
+        )
+    return None
+
+
+def check_resumable(store: RunStore, checkpoints: Path, fingerprint: str) -> None:
+    """Checkpoints of another algorithm (or LoRA setting) cannot be resumed by this one."""
+    started = store.stage_info("ppo").get("run")
+    if started and started != fingerprint and any(checkpoints.glob("checkpoint-*")):
+        raise CaiError(
+            f"{checkpoints}: holds checkpoints of an unfinished {started} run, not {fingerprint}; "
+            "set force=true to start the ppo stage over (the old ones are kept aside), or use the earlier settings"
+        )
+
+
+def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
+    """Train the policy with `rl.algorithm`, report mean reward before and after, save `rl_model/`."""
+    from transformers import set_seed
+
+    from cai.reward import check_padding, check_same_tokenizer
+
+    algorithm = check_algorithm(config)
+    reward_ref = reward_model_ref(store, algorithm, required=algorithm in NEEDS_REWARD_MODEL)
+    pairs: list[dict[str, Any]] = []
+    if algorithm == "dpo":
+        from cai.rl_alternatives import dpo_records
+
+        records = store.require_stage("label", needed_by="ppo", records=PREFERENCES)
+        pairs, _ = dpo_records(records, where=str(store.stage_dir(PREFERENCES)))
+    policy_ref = models.resolve(policy_reference(config), setting="model")
+    tokenizer = models.load_tokenizer(policy_ref, padding_side="left")
+    check_padding(tokenizer, setting="model")
+    if reward_ref is not None:
+        check_same_tokenizer(tokenizer, models.load_tokenizer(reward_ref), policy_name=policy_ref.name, reward_name=reward_ref.name, setting="reward_model")
+    if config.lora.enabled and not config.lora.merge and policy_ref.is_adapter:
+        raise CaiError(
+            f"lora.merge: the SL model {policy_ref.name} is itself a LoRA adapter (merged before RL), so an RL adapter "
+            "saved on its own would sit on the wrong base; set lora.merge=true"
+        )
+    prompts, queries = usable_prompts(config, tokenizer)
+    eval_prompts = prompts[:EVAL_PROMPTS]
+    checkpoints = store.root / CHECKPOINTS
+    fingerprint = f"{algorithm} (lora={config.lora.enabled})"
+    check_resumable(store, checkpoints, fingerprint)
+    store.mark_stage("ppo", "running", algorithm=algorithm, run=fingerprint, prompts=len(prompts))
+    set_seed(config.seed)
+
+    run = build_run(algorithm, config, accelerator, tokenizer=tokenizer, policy_ref=policy_ref, reward_ref=reward_ref, prompts=prompts, queries=queries, pairs=pairs, checkpoints=checkpoints, callbacks=[jsonl_log_callback(store.root / LOG, stage="ppo")])
+    if run.resume and accelerator.is_main_process:
+        print(f"[rl] ppo: resuming from {run.resume}{run.resume_detail}")
+    before = store.stage_info("ppo").get("reward_before") if run.resume else None
+    if before is None and run.scorer is not None:
+        with run.sl_policy() as sl_model:
+            before = mean_reward(sl_model, tokenizer, eval_prompts, run.scorer, config, accelerator)
+    store.mark_stage("ppo", "running", reward_before=before, **run.step0)
+    if accelerator.is_main_process:
+        if run.step0:
+            print(f"[rl] ppo: step-0 check passed (ratio gap {run.step0['step0/ratio_gap']:.1e}, reference gap {run.step0['step0/reference_gap']:.1e}, KL {run.step0['step0/kl']:.1e})")
+        if before is not None:
+            print(f"[rl] ppo: mean reward before training {before:.4f} ({len(eval_prompts)} prompts, greedy)")
+
+    run.train()
+    trainer = run.trainer
+    after = mean_reward(run.policy(), tokenizer, eval_prompts, run.scorer, config, accelerator) if run.scorer is not None else None
+    save_final_policy(trainer, tokenizer, store.root / RL_MODEL, lora=config.lora, accelerator=accelerator)
+    metrics = final_metrics(trainer.state.log_history)
+    summary = {
+        "algorithm": algorithm,
+        "steps": trainer.state.global_step,
+        "prompts": len(prompts),
+        "eval_prompts": len(eval_prompts),
+        "reward_before": before,
+        "reward_after": after,
+        "lora": config.lora.enabled,
+        "resumed_from": str(run.resume) if run.resume else None,
+        "metrics": metrics,
+        **({"pairs": len(pairs)} if algorithm == "dpo" else {}),
+    }
+    store.mark_stage("ppo", "done", **summary)
+    store.update_manifest(lambda m: m.setdefault("models", {}).update({"rl_model": str(store.root / RL_MODEL)}))
+    if accelerator.is_main_process:
+        if after is not None and before is not None:
+            print(f"[rl] ppo: mean reward after training {after:.4f} (before {before:.4f}, change {after - before:+.4f})")
+        kl = metrics.get("objective/kl", metrics.get("kl"))
+        print(f"[rl] ppo: {algorithm}, {trainer.state.global_step} steps" + (f", KL {kl:.4f}" if kl is not None else "") + f" -> {store.root / RL_MODEL}")
+
+
+@dataclass
+class PolicyRun:
+    """A built trainer of any algorithm, with what the stage asks of it."""
+
+    trainer: Any
+    scorer: Any  # the reward model (or PPO's view of it), None for DPO without one
+    resume: Any = None
+    session: Any = None  # the PPOSession for ppo
+    accelerator: Any = None
+
+    @property
+    def step0(self) -> dict[str, float]:
+        return self.session.step0 if self.session is not None else {}
+
+    @property
+    def resume_detail(self) -> str:
+        if self.session is None or self.session.resume is None:
+            return ""
+        s = self.session
+        return (f" (step {s.resume.step} of {s.total_steps}, {s.remaining_episodes} episodes left; "
+                "policy and value weights restored, optimiser state and LR schedule start afresh)")
+
+    @contextmanager
+    def sl_policy(self) -> Iterator[Any]:
+        """A model equal to the SL policy (before any training step of this run)."""
+        if self.session is not None:
+            with self.session.sl_policy() as model:
+                yield model
+        else:
+            yield self.policy()
+
+    def policy(self) -> Any:
+        return self.session.policy() if self.session is not None else self.accelerator.unwrap_model(self.trainer.model)
+
+    def train(self) -> None:
+        if self.session is not None:
+            self.session.train()
+        else:
+            self.trainer.train(resume_from_checkpoint=self.resume)
+
+
+def build_run(algorithm: str, config: RLRunConfig, accelerator: Any, *, tokenizer: Any, policy_ref: models.ModelRef, reward_ref: models.ModelRef | None,
+              prompts: list[str], queries: list[list[int]], pairs: list[dict[str, Any]], checkpoints: Path, callbacks: list[Any]) -> PolicyRun:
+    if algorithm == "ppo":
+        from cai.ppo_training import build_ppo
+
+        session = build_ppo(config, accelerator, tokenizer=tokenizer, policy_ref=policy_ref, reward_ref=reward_ref, query_ids=queries, checkpoints=checkpoints, callbacks=callbacks)
+        return PolicyRun(session.trainer, session.reward, session.resume.path if session.resume else None, session, accelerator)
+    from cai.rl_alternatives import build_dpo, build_online
+
+    scorer = load_frozen_reward(reward_ref, tokenizer, accelerator) if reward_ref is not None else None
+    if algorithm == "dpo":
+        trainer = build_dpo(config, tokenizer=tokenizer, policy_ref=policy_ref, rows=pairs, checkpoints=checkpoints, callbacks=callbacks)
+    else:
+        trainer = build_online(algorithm, config, tokenizer=tokenizer, policy_ref=policy_ref, prompts=prompts, reward_model=scorer, checkpoints=checkpoints, callbacks=callbacks)
+    return PolicyRun(trainer, scorer, last_checkpoint(checkpoints), None, accelerator)
+
+
+def usable_prompts(config: RLRunConfig, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+    """Prompt texts and their query ids (`chat_format.prompt_ids`), dropping those over generation.max_prompt_length."""
+    selected = [p.prompt for p in select_prompts(config.prompts, config.seed)]
+    limit = config.generation.max_prompt_length
+    kept = [(text, ids) for text in selected if (ids := prompt_ids(tokenizer, text)) and (not limit or len(ids) <= limit)]
+    if not kept:
+        raise CaiError(f"prompts: every prompt is longer than generation.max_prompt_length={limit} tokens; raise it")
+    if len(kept) < len(selected):
+        print(f"[rl] ppo: {len(selected) - len(kept)} prompts longer than generation.max_prompt_length={limit} tokens left out")
+    return [text for text, _ in kept], [ids for _, ids in kept]
+
+
+def load_frozen_reward(reward_ref: models.ModelRef, tokenizer: Any, accelerator: Any) -> Any:
+    from cai.reward import load_reward_base
+
+    model = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.requires_grad_(False).eval().to(accelerator.device)
+
+
+def mean_reward(model: Any, tokenizer: Any, prompts: list[str], scorer: Any, config: RLRunConfig, accelerator: Any) -> float:
+    """Mean reward of the model's greedy responses, scored on `chat_format.scored_ids`."""
+    from cai.generation import TransformersGenerator, generate_sharded
+    from cai.reward import score_sharded
+
+    settings = dataclasses.replace(config.generation, backend="transformers", temperature=0.0, max_new_tokens=config.ppo.response_length)
+    generator = TransformersGenerator(model, tokenizer, settings, seed=config.seed, show_progress=False)
+    texts = generate_sharded(generator, [prompt_text(tokenizer, p) for p in prompts], accelerator, desc="reward eval")
+    ids = [scored_ids(tokenizer, p, t, max_length=config.training.max_length) for p, t in zip(prompts, texts, strict=True)]
+    scores = score_sharded(scorer, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
+    return sum(scores) / len(scores)
+
+
+def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last logged training metrics, without the end-of-training summary, as plain numbers."""
+    for entry in reversed(history):
+        numbers = {k: float(v) for k, v in entry.items() if k not in RUN_SUMMARY and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        if set(numbers) - {"epoch", "step"}:
+            return numbers
+    return {}
+
+
+def save_final_policy(trainer: Any, tokenizer: Any, destination: Path, *, lora: Any, accelerator: Any) -> None:
+    """The policy (LoRA merged when lora.merge) and tokenizer, staged then moved into place."""
+    from accelerate.utils import is_peft_model
+
+    staging = fresh_staging(destination) if accelerator.is_main_process else destination
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(trainer.model)
+    model = getattr(model, "policy", model)  # trl's PPO wraps policy and value together
+    if is_peft_model(model) and lora.merge:
+        merged = model.merge_and_unload()
+        if accelerator.is_main_process:
+            merged.save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))  # trl's PPO saves only the policy
+    if accelerator.is_main_process:
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(staging)
+        replace_directory(staging, destination)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,120 @@
+"""The non-PPO choices of `rl.algorithm`: DPO on the AI labels, GRPO and RLOO on the reward model.
+
+None of these is the paper's method (it used PPO); they are trl's maintained trainers, run
+as they are, and the stage writes the same outputs for them. Departures, and why:
+- GRPO/RLOO score with a reward *function* that rebuilds `chat_format.scored_ids` (template
+  up to the assistant header + response + one EOS). Handing trl the reward model directly
+  would render the whole conversation with the chat template, which ends the assistant turn
+  with a newline after EOS, so the score would be read one token past where it was trained.
+- The missing-EOS penalty (`ppo.missing_eos_penalty`) and the KL coefficient (`ppo.kl_coef`)
+  carry over, so switching algorithm does not silently change the objective's shape.
+- DPO uses hard labels: each pair is oriented so the more likely response is `chosen`, and
+  exact ties (p_chosen = 0.5) are dropped; the soft probabilities are not used by DPO's loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cai import models
+from cai.chat_format import scored_ids
+from cai.config import RLRunConfig
+from cai.errors import CaiError
+from cai.rollout_monitors import rollout_monitors
+
+
+def dpo_records(records: list[dict[str, Any]], *, where: str) -> tuple[list[dict[str, Any]], int]:
+    """Label-stage records as trl's conversational explicit-prompt rows, oriented; ties dropped."""
+    from cai.reward import comparison_from_record, orient
+
+    rows, ties = [], 0
+    for i, record in enumerate(records):
+        comparison = orient(comparison_from_record(record, where=f"{where} record {record.get('id', i)!r}", source="ai"))
+        if comparison.p_chosen == 0.5:
+            ties += 1
+            continue
+        rows.append({
+            "prompt": [{"role": "user", "content": comparison.prompt}],
+            "chosen": [{"role": "assistant", "content": comparison.chosen}],
+            "rejected": [{"role": "assistant", "content": comparison.rejected}],
+        })
+    return rows, ties
+
+
+def reward_function(reward_model: Any, tokenizer: Any, *, missing_eos_penalty: float | None, max_length: int, batch_size: int) -> Callable[..., list[float]]:
+    """A trl reward function scoring each completion on `scored_ids`, minus the penalty when it has no EOS."""
+    from cai.reward import score_ids
+
+    eos = tokenizer.eos_token_id
+
+    def constitutional_reward(prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]], log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
+        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        ids = [scored_ids(tokenizer, user, text, max_length=max_length) for user, text in zip(users, texts, strict=True)]
+        raw = score_ids(reward_model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
+        ended = [bool(c) and c[-1] == eos for c in completion_ids]
+        if log_metric is not None:
+            for name, value in rollout_monitors(completion_ids, eos, raw).items():
+                log_metric(name, value)
+        return [score - (missing_eos_penalty or 0.0) * (not end) for score, end in zip(raw, ended)]
+
+    return constitutional_reward
+
+
+def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRef, rows: list[dict[str, Any]], checkpoints: Path, callbacks: list[Any]) -> Any:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from cai.training import trainer_config
+
+    if not rows:
+        raise CaiError("preferences: no pair with a winner to train DPO on (all ties or none); check the label stage or use rl.algorithm=ppo")
+    args = trainer_config(DPOConfig, config.training, section="training", output_dir=checkpoints, seed=config.seed, beta=config.rl.beta)
+    model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
+    models.sync_pad_token(model, tokenizer)
+    return DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
+    )
+
+
+def build_online(algorithm: str, config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRef, prompts: list[str], reward_model: Any, checkpoints: Path, callbacks: list[Any]) -> Any:
+    """GRPO or RLOO from trl, with `rl.num_generations` samples per prompt scored by the reward model."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from cai.training import trainer_config
+
+    config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[algorithm]
+    if config.rl.num_generations < 2:
+        raise CaiError(f"rl.num_generations: {algorithm} compares samples of the same prompt, so it needs at least 2, got {config.rl.num_generations}")
+    args = trainer_config(
+        config_cls,
+        config.training,
+        section="training",
+        output_dir=checkpoints,
+        seed=config.seed,
+        beta=config.ppo.kl_coef,
+        num_generations=config.rl.num_generations,
+        max_completion_length=config.ppo.response_length,
+        temperature=config.ppo.temperature,
+        top_p=1.0,
+        log_completions=False,
+    )
+    model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
+    models.sync_pad_token(model, tokenizer)
+    score = reward_function(reward_model, tokenizer, missing_eos_penalty=config.ppo.missing_eos_penalty, max_length=config.training.max_length, batch_size=config.ppo.local_rollout_forward_batch_size)
+    return trainer_cls(
+        model=model,
+        reward_funcs=score,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts]),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
+    )
