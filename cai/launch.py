@@ -43,6 +43,7 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr; stage and trainer bars use tqdm directly
     try:
         import datasets
 
@@ -64,7 +65,8 @@ def run_stages(
     """Run the selected stages in order; a finished stage is skipped unless `force` is set."""
     selected = check_stages(list(config.stages), list(stages))
     for stage in selected:
-        if store.stage_done(stage):
+        interrupted = config.force and store.stage_info(stage).get("status") == "running"  # force also restarts a failed or killed stage
+        if store.stage_done(stage) or interrupted:
             if not config.force:
                 if accelerator.is_main_process:
                     print(f"[{tag}] {stage}: already done in {store.root}, skipping (force=true to redo)")
