@@ -6,7 +6,8 @@ constitution, train a reward model on the labels, and optimise the policy agains
     accelerate launch cai/rl.py --config configs/rl.yaml stages=label,reward
     accelerate launch cai/rl.py --config configs/rl.yaml rl.algorithm=dpo  # or grpo, rloo
 
-Stages: sample, label, reward, ppo (the `ppo` stage trains with `rl.algorithm`).
+Stages: sample, label, reward, ppo (the `ppo` stage trains with `rl.algorithm`), eval (held-out
+scores, Elo, refusal rates, then the report in <output_dir>/report/).
 Overrides are dotted key=value pairs after --config.
 """
 
@@ -51,7 +52,12 @@ def run(config, accelerator) -> None:
 
         run_policy(config, store, accelerator)
 
-    run_stages(config, store, accelerator, STAGES, {"sample": lambda: run_sample(config, store, accelerator), "label": label, "reward": reward, "ppo": policy}, tag="rl")
+    def evaluation() -> None:
+        from cai.evaluation import run_eval
+
+        run_eval(config, store, accelerator, constitution)
+
+    run_stages(config, store, accelerator, STAGES, {"sample": lambda: run_sample(config, store, accelerator), "label": label, "reward": reward, "ppo": policy, "eval": evaluation}, tag="rl")
 
 
 def main(argv: list[str] | None = None) -> int:

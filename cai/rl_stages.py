@@ -23,6 +23,7 @@ STAGES = {
     "label": [PREFERENCES],
     "reward": [REWARD_MODEL, "checkpoints/reward", "logs/reward.jsonl"],
     "ppo": [RL_MODEL, "checkpoints/ppo", "logs/ppo.jsonl"],
+    "eval": ["eval", "report"],
 }
 
 
