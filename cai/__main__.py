@@ -2,6 +2,10 @@
 
     python -m cai validate constitutions/default.yaml      # a constitution
     python -m cai validate configs/demo/sl.yaml            # a stage config (and its constitution)
+    python -m cai eval --models base=embedded sl=runs/demo/sl_model rl=runs/demo/rl_model \
+        --prompts examples/eval_red_team.jsonl --helpful examples/eval_helpful.jsonl   # -> runs/eval/report
+    accelerate launch -m cai eval --models ...             # the same, generation and judging over N processes
+    python -m cai report runs/demo                         # rebuild <run>/report/ from files (no torch)
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from cai.errors import CaiError, exit_on_user_error
 
 def config_classes() -> dict[str, type]:
     """Stage name -> its config class; a config file is matched by its name or launch comment."""
-    from cai.config import RLRunConfig, SLRunConfig
+    from cai.config import PromptsRunConfig, RLRunConfig, SLRunConfig
 
-    return {"sl": SLRunConfig, "rl": RLRunConfig}
+    return {"sl": SLRunConfig, "rl": RLRunConfig, "prompts": PromptsRunConfig}
 
 
 def validate(paths: list[str], kind: str | None) -> int:
@@ -61,14 +65,63 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("validate", help="check constitutions and stage configs without running anything")
     check.add_argument("paths", nargs="+")
     check.add_argument("--kind", choices=["constitution", *config_classes()], default=None)
+    add_eval_parser(commands)
+    report = commands.add_parser("report", help="rebuild <run_dir>/report/ (report.md and plots) from a run directory")
+    report.add_argument("run_dir")
     return parser
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    """`cai eval`: the RL run's eval stage on any models; the flags mirror the `eval.*` settings."""
+    from cai.config import EvalConfig
+
+    d = EvalConfig()
+    ev = commands.add_parser("eval", help="compare models on held-out prompts (scores, AI-judged Elo, refusal rates) and write a report")
+    ev.add_argument("--models", nargs="+", required=True, metavar="NAME=REF", help="models to compare: name=reference (hub id, directory, .gguf or embedded)")
+    ev.add_argument("--prompts", default=d.red_team, help="red-team prompt file (held out from training)")
+    ev.add_argument("--helpful", default=d.helpful, help="helpful prompt file, for over-refusal and helpfulness Elo")
+    ev.add_argument("--max_red_team", type=int, default=None)
+    ev.add_argument("--max_helpful", type=int, default=None)
+    ev.add_argument("--output_dir", default="runs/eval")
+    ev.add_argument("--constitution", default="constitutions/default.yaml", help="its preference principles guide the judge")
+    ev.add_argument("--reward_model", default=None, help="reward model to score responses with (default: the reward_model/ beside a compared model, if any)")
+    ev.add_argument("--no_reward_model", action="store_true", help="score with no reward model, even if one is found")
+    ev.add_argument("--judge", action=argparse.BooleanOptionalAction, default=d.judge, help="pairwise AI-judge comparisons and Elo")
+    ev.add_argument("--judge_model", default=None, help="feedback model that judges (default: the model named base, else the first)")
+    ev.add_argument("--judge_principles", nargs="*", default=None, metavar="ID", help="preference principle ids (default: all)")
+    ev.add_argument("--principles_per_comparison", type=int, default=2)
+    ev.add_argument("--refusal_judge", action=argparse.BooleanOptionalAction, default=d.refusal_judge, help="also ask the judge whether each response refuses")
+    ev.add_argument("--refusal_labels", default=d.refusal_labels, help="labelled responses to measure the refusal detectors on")
+    ev.add_argument("--bootstrap_rounds", type=int, default=d.bootstrap_rounds)
+    ev.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+    ev.add_argument("--batch_size", type=int, default=16)
+    ev.add_argument("--backend", default="transformers", help="generation backend: transformers or vllm")
+    ev.add_argument("--show_examples", type=int, default=d.show_examples)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--force", action="store_true", help="redo the evaluation in output_dir (old outputs are kept aside)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return exit_on_user_error(lambda: validate(args.paths, args.kind))
+    if args.command == "eval":
+        return exit_on_user_error(lambda: run_eval_command(args))
+    if args.command == "report":
+        return exit_on_user_error(lambda: run_report_command(args.run_dir))
     return 2
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from cai.evaluation import eval_command
+
+    return eval_command(args)
+
+
+def run_report_command(run_dir: str) -> int:
+    from cai.report import report_command
+
+    return report_command(run_dir)
 
 
 if __name__ == "__main__":

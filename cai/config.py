@@ -407,13 +407,38 @@ class RLConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation: every model answers the same prompts greedily; scores, Elo, refusals, report.
+
+    `models` entries are `base` (the SL run's base model), `sl` (the SL model), `rl`
+    (`<output_dir>/rl_model`) or `name=reference` for any other model. An empty
+    `judge_principles` uses every preference principle of the constitution.
+    """
+
+    red_team: str = "examples/eval_red_team.jsonl"
+    helpful: str | None = "examples/eval_helpful.jsonl"
+    max_red_team: int | None = None
+    max_helpful: int | None = None
+    models: list[str] = field(default_factory=lambda: ["base", "sl", "rl"])
+    reward_model: str | None = None
+    judge: bool = True
+    judge_principles: list[str] = field(default_factory=list)
+    bootstrap_rounds: int = 200
+    refusal_judge: bool = False
+    refusal_labels: str | None = "examples/refusal_labels.jsonl"
+    max_new_tokens: int = 128
+    chunk_size: int = 32
+    show_examples: int = 3
+
+
+@dataclass
 class RLRunConfig:
     """`cai/rl.py`: sample pairs, label them with AI feedback, train a reward model, optimise the policy."""
 
     output_dir: str = "runs/sl"
     constitution: str = "constitutions/default.yaml"
     model: str = ""
-    stages: list[str] = field(default_factory=lambda: ["sample", "label", "reward", "ppo"])
+    stages: list[str] = field(default_factory=lambda: ["sample", "label", "reward", "ppo", "eval"])
     seed: int = 0
     force: bool = False
     prompts: PromptsConfig = field(default_factory=lambda: PromptsConfig(helpful=None))
@@ -425,7 +450,50 @@ class RLRunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=1e-6, save_steps=50))
     lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def policy_reference(self) -> str:
         """The SL model to start from: `model` if set, else this run directory's `sl_model`."""
         return self.model or str(Path(self.output_dir) / "sl_model")
+
+
+# ---------------------------------------------------------------- Self-Instruct prompt pools
+
+
+@dataclass
+class SelfInstructConfig:
+    """Growing prompt pools by Self-Instruct (Wang et al. 2022); the paper shows 6 seed + 2 generated examples."""
+
+    kind: str = "red_team"
+    seed_red_team: str = "examples/red_team.jsonl"
+    seed_helpful: str = "examples/helpful.jsonl"
+    seed_limit: int | None = None
+    target_new: int = 1000
+    max_rounds: int = 50
+    max_empty_rounds: int = 3
+    requests_per_round: int = 32
+    fewshot_seed: int = 6
+    fewshot_generated: int = 2
+    new_per_request: int = 8
+    request_format: str = "chat"
+    rouge_threshold: float = 0.7
+    min_words: int = 3
+    max_words: int = 60
+    blocklist: list[str] = field(default_factory=list)
+    builtin_blocklist: bool = True
+    category_keywords: dict[str, list[str]] = field(default_factory=dict)
+    num_workers: int = 1
+    show_examples: int = 10
+
+
+@dataclass
+class PromptsRunConfig:
+    """`cai/prompts.py`: grow red-team and/or helpful prompt pools from seed files with Self-Instruct."""
+
+    output_dir: str = "runs/prompts"
+    model: str = "embedded"
+    stages: list[str] = field(default_factory=lambda: ["grow"])
+    seed: int = 0
+    force: bool = False
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=256))
+    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)

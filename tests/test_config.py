@@ -93,4 +93,5 @@ def test_every_shipped_yaml_opens_with_its_command_and_loads(path):
     kind = detect_kind(path, data)
     assert kind in config_classes(), f"{path} is not recognised as a stage config"
     config = load_config(config_classes()[kind], path)
-    assert (ROOT / config.constitution).is_file()
+    constitution = getattr(config, "constitution", None)  # the prompt-pool config has none
+    assert constitution is None or (ROOT / constitution).is_file()
