@@ -178,15 +178,11 @@ def read_labels(path: str | None, setting: str) -> list[dict[str, Any]]:
     source = Path(path)
     if not source.is_file():
         raise CaiError(f"{setting}: {path} not found; point it at a JSONL of {{\"prompt\",\"response\",\"refusal\"}} lines or set it to null")
+    from cai.prompt_sources import read_jsonl
+
     rows = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CaiError(f"{setting}: {path}:{number}: invalid JSON ({error.msg}); fix that line") from None
-        if not isinstance(row, dict) or not {"prompt", "response", "refusal"} <= set(row) or not isinstance(row["refusal"], bool):
+    for number, row in read_jsonl(source, setting):
+        if not {"prompt", "response", "refusal"} <= set(row) or not isinstance(row["refusal"], bool):
             raise CaiError(f"{setting}: {path}:{number}: needs prompt, response and a true/false refusal field")
         rows.append({**row, "id": str(row.get("id", f"label-{number}"))})
     return rows

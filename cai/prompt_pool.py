@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from cai.config import PromptsRunConfig, SelfInstructConfig, check_choice
 from cai.errors import CaiError
+from cai.prompt_sources import read_jsonl
 from cai.rouge import RougeIndex, max_similarities
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs
 from cai.self_instruct import (
@@ -149,30 +150,21 @@ def load_seeds(path: str, *, kind: str, limit: int | None, seed: int) -> list[di
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
     reserved = ID_PREFIXES[kind] + "-"
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CaiError(f"{setting}: {path}:{number}: invalid JSON ({error.msg}); fix that line") from None
-            if not isinstance(row, dict):
-                raise CaiError(f"{setting}: {path}:{number}: expected a JSON object per line")
-            required = ("prompt", "category") if kind == "red_team" else ("prompt",)
-            for name in required:
-                value = row.get(name)
-                if not isinstance(value, str) or not value.strip():
-                    problem = "missing field" if name not in row else "empty or non-text field"
-                    raise CaiError(f"{setting}: {path}:{number}: {problem} {name!r}; every seed needs a non-empty {name!r}")
-            item_id = str(row.get("id", f"{kind}-seed-{number:05d}"))
-            if item_id in seen:
-                raise CaiError(f"{setting}: {path}:{number}: duplicate id {item_id!r}; ids must be unique")
-            if item_id.startswith(reserved):
-                raise CaiError(f"{setting}: {path}:{number}: id {item_id!r} starts with {reserved!r}, which names generated items; rename it")
-            seen.add(item_id)
-            category = row.get("category")
-            records.append(seed_record(item_id, row["prompt"], str(category).strip() if category else None))
+    for number, row in read_jsonl(file, setting):
+        required = ("prompt", "category") if kind == "red_team" else ("prompt",)
+        for name in required:
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                problem = "missing field" if name not in row else "empty or non-text field"
+                raise CaiError(f"{setting}: {path}:{number}: {problem} {name!r}; every seed needs a non-empty {name!r}")
+        item_id = str(row.get("id", f"{kind}-seed-{number:05d}"))
+        if item_id in seen:
+            raise CaiError(f"{setting}: {path}:{number}: duplicate id {item_id!r}; ids must be unique")
+        if item_id.startswith(reserved):
+            raise CaiError(f"{setting}: {path}:{number}: id {item_id!r} starts with {reserved!r}, which names generated items; rename it")
+        seen.add(item_id)
+        category = row.get("category")
+        records.append(seed_record(item_id, row["prompt"], str(category).strip() if category else None))
     if not records:
         raise CaiError(f"{setting}: {path} holds no seed prompts; the pool needs at least one to imitate")
     if limit is not None and limit < len(records):

@@ -76,8 +76,13 @@ def _read_rows(source: str, *, split: str, setting: str) -> list[dict[str, Any]]
 
 
 def _read_jsonl(path: Path, setting: str) -> list[dict[str, Any]]:
+    return [row for _, row in read_jsonl(path, setting)]
+
+
+def read_jsonl(path: str | Path, setting: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a bad line is an error naming file and line."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -87,7 +92,7 @@ def _read_jsonl(path: Path, setting: str) -> list[dict[str, Any]]:
                 raise CaiError(f"{setting}: {path}:{number}: invalid JSON ({error.msg}); fix that line") from None
             if not isinstance(row, dict):
                 raise CaiError(f"{setting}: {path}:{number}: expected a JSON object per line")
-            rows.append(row)
+            rows.append((number, row))
     return rows
 
 
