@@ -102,7 +102,7 @@ def load_constitution(path: str | Path) -> Constitution:
             problems.append(f"{key!r} must be non-empty text")
     sections = {name: _entries(data, name, problems) for name in ENTRY_FIELDS}
     for name in ("critiques", "preferences"):
-        if name in data and not sections[name]:
+        if name in data and not data[name]:  # invalid entries are reported on their own
             problems.append(f"{name!r} must list at least one principle")
     critique_ids = {entry.get("id") for entry in sections["critiques"]}
     for index, demo in enumerate(sections["few_shot"]):

@@ -99,20 +99,13 @@ def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful
     path = Path(path)
     if not path.is_file():
         raise CaiError(f"{setting}: {path} not found; point it at a JSONL file of {{\"id\",\"prompt\",\"chosen\",\"rejected\"}} lines")
+    from cai.prompt_sources import read_jsonl
+
     comparisons = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CaiError(f"{where}: not valid JSON ({error.msg}); write one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise CaiError(f"{where}: expected a JSON object with prompt, chosen and rejected, got {type(record).__name__}")
-            record = {**record, "id": str(record.get("id", f"{path.stem}-{number}"))}
-            comparisons.append(comparison_from_record(record, where=where, source="helpful", default_p=1.0))
+    for number, record in read_jsonl(path, setting):
+        where = f"{path}:{number}"
+        record = {**record, "id": str(record.get("id", f"{path.stem}-{number}"))}
+        comparisons.append(comparison_from_record(record, where=where, source="helpful", default_p=1.0))
     if not comparisons:
         raise CaiError(f"{setting}: {path} holds no preferences; add lines or unset {setting}")
     return comparisons
