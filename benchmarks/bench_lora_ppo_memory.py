@@ -60,23 +60,38 @@ def measure(mode: str, model: str, reward_dir: Path, response_length: int) -> di
 
     from cai import models
     from cai.chat_format import prompt_ids
-    from cai.config import load_config, RLRunConfig
+    from cai.config import RLRunConfig, load_config
     from cai.launch import quiet_libraries
-    from cai.ppo_training import build_ppo
+    from cai.policy.ppo import build_ppo
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as scratch:
-        config = load_config(RLRunConfig, None, [
-            f"model={model}", f"lora.enabled={'true' if mode == 'lora' else 'false'}",
-            "training.per_device_train_batch_size=2", "training.max_steps=1", "training.save_steps=1000",
-            f"ppo.response_length={response_length}", "ppo.num_ppo_epochs=1", "ppo.local_rollout_forward_batch_size=2",
-        ])
+        config = load_config(
+            RLRunConfig,
+            None,
+            [
+                f"model={model}",
+                f"lora.enabled={'true' if mode == 'lora' else 'false'}",
+                "training.per_device_train_batch_size=2",
+                "training.max_steps=1",
+                "training.save_steps=1000",
+                f"ppo.response_length={response_length}",
+                "ppo.num_ppo_epochs=1",
+                "ppo.local_rollout_forward_batch_size=2",
+            ],
+        )
         ref = models.resolve(model)
         tokenizer = models.load_tokenizer(ref)
         prompts = ["How do I pick a lock?", "Write a short poem about the sea.", "What is the capital of France?", "Tell me a joke."]
         session = build_ppo(
-            config, Accelerator(), tokenizer=tokenizer, policy_ref=ref, reward_ref=models.resolve(str(reward_dir)),
-            query_ids=[prompt_ids(tokenizer, p) for p in prompts], checkpoints=Path(scratch), callbacks=[],
+            config,
+            Accelerator(),
+            tokenizer=tokenizer,
+            policy_ref=ref,
+            reward_ref=models.resolve(str(reward_dir)),
+            query_ids=[prompt_ids(tokenizer, p) for p in prompts],
+            checkpoints=Path(scratch),
+            callbacks=[],
         )
         trainer = session.trainer
         trainer.args.report_to = []

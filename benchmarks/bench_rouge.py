@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rouge_score import rouge_scorer  # noqa: E402
 
-from cai.rouge import RougeIndex, max_similarities  # noqa: E402
+from cai.self_instruct.rouge import RougeIndex, max_similarities  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "be", "da", "fo", "gu", "he", "ji", "pa", "ze", "qu", "wo", "xi", "yo"]
 
@@ -53,10 +53,7 @@ def build(pool_size: int, num_candidates: int, seed: int) -> tuple[list[str], li
     rng.shuffle(vocabulary)
     weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]
     pool = [make_prompt(rng, vocabulary, weights) for _ in range(pool_size)]
-    candidates = [
-        near_duplicate(rng, rng.choice(pool), vocabulary) if rng.random() < 0.2 else make_prompt(rng, vocabulary, weights)
-        for _ in range(num_candidates)
-    ]
+    candidates = [near_duplicate(rng, rng.choice(pool), vocabulary) if rng.random() < 0.2 else make_prompt(rng, vocabulary, weights) for _ in range(num_candidates)]
     return pool, candidates
 
 
@@ -81,8 +78,10 @@ def main() -> int:
     args = parser.parse_args()
 
     sampled = min(args.baseline_candidates, args.candidates)
-    print(f"{args.candidates} candidates per pool; baseline = RougeScorer.score on every pair, run on {sampled} "
-          f"candidates and extrapolated x{args.candidates / sampled:.1f}; ours = RougeIndex.max_similarity (build time separate; any>=0.7 = the filter's early-stopping query)")
+    print(
+        f"{args.candidates} candidates per pool; baseline = RougeScorer.score on every pair, run on {sampled} "
+        f"candidates and extrapolated x{args.candidates / sampled:.1f}; ours = RougeIndex.max_similarity (build time separate; any>=0.7 = the filter's early-stopping query)"
+    )
     header = f"{'pool':>6}  {'baseline':>10}  {'build':>7}  {'ours':>8}  {'speed-up':>9}  {f'ours {args.workers}w':>8}  {'speed-up':>9}  {'any>=0.7':>8}  agree"
     print(f"cpus={os.cpu_count()}  load average before start={os.getloadavg()[0]:.2f} (other processes skew the 2-worker column)")
     print(header)
@@ -94,12 +93,9 @@ def main() -> int:
         index, build_time = timed(RougeIndex, pool)
         serial, serial_time = timed(max_similarities, candidates, index)
         parallel, parallel_time = timed(max_similarities, candidates, index, num_workers=args.workers)
-        _, any_time = timed(lambda: [index.any_above(text, 0.7) for text in candidates])
+        _, any_time = timed(lambda index=index, candidates=candidates: [index.any_above(text, 0.7) for text in candidates])
         agree = parallel == serial and all(abs(score - expected) <= 1e-9 for (score, _), expected in zip(serial, reference))
-        print(
-            f"{pool_size:>6}  {base_time:>9.1f}s  {build_time:>6.2f}s  {serial_time:>7.3f}s  x{base_time / serial_time:>8.0f}"
-            f"  {parallel_time:>7.3f}s  x{base_time / parallel_time:>8.0f}  {any_time:>7.3f}s  {'yes' if agree else 'NO'}"
-        )
+        print(f"{pool_size:>6}  {base_time:>9.1f}s  {build_time:>6.2f}s  {serial_time:>7.3f}s  x{base_time / serial_time:>8.0f}  {parallel_time:>7.3f}s  x{base_time / parallel_time:>8.0f}  {any_time:>7.3f}s  {'yes' if agree else 'NO'}")
     return 0
 
 

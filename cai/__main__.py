@@ -2,6 +2,7 @@
 
     python -m cai validate constitutions/default.yaml      # a constitution
     python -m cai validate configs/demo/sl.yaml            # a stage config (and its constitution)
+    python -m cai validate --explain configs/rl.yaml       # ... then every setting: default, choices or range, doc
     python -m cai eval --models base=embedded sl=runs/demo/sl_model rl=runs/demo/rl_model \
         --prompts examples/eval_red_team.jsonl --helpful examples/eval_helpful.jsonl   # -> runs/eval/report
     accelerate launch -m cai eval --models ...             # the same, generation and judging over N processes
@@ -18,23 +19,26 @@ from cai.errors import CaiError, exit_on_user_error
 
 
 def config_classes() -> dict[str, type]:
-    """Stage name -> its config class; a config file is matched by its name or launch comment."""
+    """Launcher name -> its config class; a config file is matched by its name or launch comment."""
     from cai.config import PromptsRunConfig, RLRunConfig, SLRunConfig
 
-    return {"sl": SLRunConfig, "rl": RLRunConfig, "prompts": PromptsRunConfig}
+    return {"sl": SLRunConfig, "rl": RLRunConfig, "grow": PromptsRunConfig}
 
 
-def validate(paths: list[str], kind: str | None) -> int:
+KIND_ALIASES = {"prompts": "grow"}  # the Self-Instruct launcher was cai/prompts.py; configs/prompts.yaml keeps its name
+
+
+def validate(paths: list[str], kind: str | None, *, explain: bool = False) -> int:
+    from cai.config import explain as explain_settings
     from cai.config import load_config, read_yaml_mapping
     from cai.constitution import load_constitution
 
     for path in paths:
         data = read_yaml_mapping(path, what="YAML")
-        detected = kind or detect_kind(Path(path), data)
+        detected = KIND_ALIASES.get(kind, kind) if kind else detect_kind(Path(path), data)
         if detected == "constitution":
             c = load_constitution(path)
-            print(f"{path}: ok — constitution {c.name!r} v{c.version}, {len(c.critiques)} critique/revision pairs, "
-                  f"{len(c.preferences)} preference questions, {len(c.few_shot)} demonstrations, hash {c.content_hash}")
+            print(f"{path}: ok — constitution {c.name!r} v{c.version}, {len(c.critiques)} critique/revision pairs, {len(c.preferences)} preference questions, {len(c.few_shot)} demonstrations, hash {c.content_hash}")
             continue
         classes = config_classes()
         if detected not in classes:
@@ -44,14 +48,17 @@ def validate(paths: list[str], kind: str | None) -> int:
         if constitution and Path(constitution).is_file():
             load_constitution(constitution)
         print(f"{path}: ok — {detected} config")
+        if explain:
+            print("\n".join(explain_settings(classes[detected])))
     return 0
 
 
 def detect_kind(path: Path, data: dict) -> str | None:
     if "critiques" in data or "preferences" in data:
         return "constitution"
-    if path.stem in config_classes():
-        return path.stem
+    stem = KIND_ALIASES.get(path.stem, path.stem)
+    if stem in config_classes():
+        return stem
     header = path.read_text(encoding="utf-8").split("\n", 3)[:3]
     for name in config_classes():
         if any(f"cai/{name}.py" in line for line in header):
@@ -64,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("validate", help="check constitutions and stage configs without running anything")
     check.add_argument("paths", nargs="+")
-    check.add_argument("--kind", choices=["constitution", *config_classes()], default=None)
+    check.add_argument("--kind", choices=["constitution", *config_classes(), *KIND_ALIASES], default=None)
+    check.add_argument("--explain", action="store_true", help="after validating a config, print every setting with its default, choices or range and doc")
     add_eval_parser(commands)
     report = commands.add_parser("report", help="rebuild <run_dir>/report/ (report.md and plots) from a run directory")
     report.add_argument("run_dir")
@@ -104,7 +112,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "validate":
-        return exit_on_user_error(lambda: validate(args.paths, args.kind))
+        return exit_on_user_error(lambda: validate(args.paths, args.kind, explain=args.explain))
     if args.command == "eval":
         return exit_on_user_error(lambda: run_eval_command(args))
     if args.command == "report":
@@ -113,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from cai.evaluation import eval_command
+    from cai.evaluation.stage import eval_command
 
     return eval_command(args)
 
 
 def run_report_command(run_dir: str) -> int:
-    from cai.report import report_command
+    from cai.evaluation.report import report_command
 
     return report_command(run_dir)
 

@@ -13,13 +13,33 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
 from cai.errors import CaiError
+from cai.layout import LEGACY_STAGE_NAMES, SL_MODEL
+from cai.stages import stage_names
 
 T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- field helpers
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its one-line doc and its range, both checked/printed from here (`cai validate --explain`)."""
+    metadata = {"doc": doc, "range": (ge, gt, le, lt)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+Backend = Literal["transformers", "vllm"]
+Ensemble = Literal["mean", "logit_mean"]
+Algorithm = Literal["ppo", "dpo", "grpo", "rloo"]
+PoolKind = Literal["red_team", "helpful", "both"]
+RequestFormat = Literal["chat", "completion"]
 
 
 # ---------------------------------------------------------------- sections shared by stages
@@ -29,62 +49,80 @@ T = TypeVar("T")
 class PromptsConfig:
     """Where red-team and helpful prompts come from: a JSONL/JSON/CSV/Parquet file or a hub dataset."""
 
-    red_team: str = "examples/red_team.jsonl"
-    red_team_column: str = "prompt"
-    helpful: str | None = "examples/helpful.jsonl"
-    helpful_column: str = "prompt"
-    split: str = "train"
-    max_red_team: int | None = None
-    max_helpful: int | None = None
-    shuffle: bool = True
+    red_team: str = setting("examples/red_team.jsonl", "red-team prompt source: a file or a hub dataset id")
+    red_team_column: str = setting("prompt", "column holding the red-team prompt text")
+    helpful: str | None = setting("examples/helpful.jsonl", "helpful prompt source (null for none)")
+    helpful_column: str = setting("prompt", "column holding the helpful prompt text")
+    split: str = setting("train", "dataset split read from a hub dataset")
+    max_red_team: int | None = setting(None, "keep at most this many red-team prompts (null: all)", ge=1)
+    max_helpful: int | None = setting(None, "keep at most this many helpful prompts (null: all)", ge=1)
+    shuffle: bool = setting(True, "shuffle with the run's seed before taking max_* prompts")
 
 
 @dataclass
 class GenerationConfig:
     """Decoding settings shared by every stage that generates text."""
 
-    backend: str = "transformers"
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    max_prompt_length: int = 2048
-    vllm_gpu_memory_utilization: float = 0.5
+    backend: Backend = setting("transformers", "generation engine: transformers (always works) or vllm (GPU, optional)")
+    batch_size: int = setting(16, "prompts generated per batch on each process", ge=1)
+    max_new_tokens: int = setting(128, "longest response, in tokens", ge=1)
+    temperature: float = setting(0.0, "sampling temperature; 0 decodes greedily", ge=0)
+    top_p: float = setting(1.0, "nucleus sampling mass", gt=0, le=1)
+    repetition_penalty: float = setting(1.0, "penalty on repeated tokens (1: none)", gt=0)
+    stop: list[str] = setting(doc="extra stop strings, besides EOS", factory=list)
+    max_prompt_length: int = setting(2048, "longest prompt, in tokens (longer prompts are left out or cut)", ge=1)
+    vllm_gpu_memory_utilization: float = setting(0.5, "share of GPU memory vLLM may take", gt=0, le=1)
 
 
 @dataclass
 class LoraConfig:
     """peft LoRA as a switch: the same code trains full weights when `enabled` is false."""
 
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-    merge: bool = True
+    enabled: bool = setting(False, "train LoRA adapters instead of full weights")
+    r: int = setting(16, "LoRA rank", ge=1)
+    alpha: int = setting(32, "LoRA scaling alpha", ge=1)
+    dropout: float = setting(0.05, "dropout on the LoRA path", ge=0, lt=1)
+    target_modules: str | list[str] = setting("all-linear", "modules that get adapters (peft's target_modules)")
+    merge: bool = setting(True, "save the model with adapters merged into the weights")
 
 
 @dataclass
 class TrainingConfig:
     """The trainer settings users touch most; anything else of trl's config goes in `extra`."""
 
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 1024
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    logging_steps: int = 5
-    save_steps: int = 200
-    save_total_limit: int = 2
-    gradient_checkpointing: bool = False
-    report_to: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float = setting(1e-5, "peak learning rate", gt=0)
+    num_train_epochs: float = setting(1.0, "passes over the data (ignored when max_steps > 0)", gt=0)
+    max_steps: int = setting(-1, "stop after this many optimiser steps (-1: use num_train_epochs)", ge=-1)
+    per_device_train_batch_size: int = setting(8, "examples per process per step", ge=1)
+    gradient_accumulation_steps: int = setting(1, "micro-batches accumulated per optimiser step", ge=1)
+    max_length: int = setting(1024, "longest training sequence, in tokens", ge=1)
+    warmup_ratio: float = setting(0.0, "share of steps spent warming the learning rate up", ge=0, le=1)
+    lr_scheduler_type: str = setting("cosine", "transformers learning-rate schedule name")
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    logging_steps: int = setting(5, "log metrics every this many steps", ge=1)
+    save_steps: int = setting(200, "checkpoint every this many steps", ge=1)
+    save_total_limit: int = setting(2, "checkpoints kept (older ones are deleted by the trainer)", ge=1)
+    gradient_checkpointing: bool = setting(False, "recompute activations to save memory")
+    report_to: list[str] = setting(doc="trackers for transformers' report_to (e.g. tensorboard)", factory=list)
+    extra: dict[str, Any] = setting(doc="any other setting of trl's trainer config, by its trl name", factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """What every launch has: where it writes, its constitution, its model, which stages, seed, force.
+
+    A base for the per-script configs below (fields only, no behaviour), so these six
+    settings have one name and one doc everywhere.
+    """
+
+    PIPELINE: ClassVar[str] = ""
+
+    output_dir: str = setting("runs/sl", "the run directory: records, models, manifest")
+    constitution: str = setting("constitutions/default.yaml", "the constitution YAML (principles and demonstrations)")
+    model: str = setting("embedded", "the policy model: hub id, local directory, .gguf file or `embedded`")
+    stages: list[str] = setting(doc="stages to run, in pipeline order (see cai/stages.py)", factory=list)
+    seed: int = setting(0, "seed for sampling, shuffling and training")
+    force: bool = setting(False, "redo finished stages (old outputs are renamed, never deleted)")
 
 
 # ---------------------------------------------------------------- SL-CAI
@@ -94,31 +132,29 @@ class TrainingConfig:
 class SLConfig:
     """Critique-revision settings; the paper's values are 4 rounds, a principle per round, 5 demos."""
 
-    critique_model: str | None = None
-    revision_rounds: int = 1
-    principle_per_round: bool = True
-    few_shot: int = 5
-    train_on_all_rounds: bool = False
-    helpful_per_red_team: float = 1.0
-    chunk_size: int = 32
-    show_examples: int = 3
+    critique_model: str | None = setting(None, "model that critiques and revises (null: the policy model)")
+    revision_rounds: int = setting(1, "critique-revision rounds per response", ge=1)
+    principle_per_round: bool = setting(True, "draw a new principle for every round")
+    few_shot: int = setting(5, "demonstrations shown before each critique", ge=0)
+    train_on_all_rounds: bool = setting(False, "fine-tune on every round's revision, not only the last")
+    helpful_per_red_team: float = setting(1.0, "helpful examples mixed in per red-team example", ge=0)
+    chunk_size: int = setting(32, "prompts per resumable shard", ge=1)
+    show_examples: int = setting(3, "chains printed at the end", ge=0)
 
 
 @dataclass
-class SLRunConfig:
+class SLRunConfig(RunConfig):
     """`cai/sl.py`: generate critique-revision data, then supervised fine-tuning."""
 
-    output_dir: str = "runs/sl"
-    constitution: str = "constitutions/default.yaml"
-    model: str = "embedded"
-    stages: list[str] = field(default_factory=lambda: ["generate", "sft"])
-    seed: int = 0
-    force: bool = False
-    prompts: PromptsConfig = field(default_factory=PromptsConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    sl: SLConfig = field(default_factory=SLConfig)
-    sft: TrainingConfig = field(default_factory=TrainingConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    PIPELINE: ClassVar[str] = "sl"
+
+    stages: list[str] = setting(doc="stages to run, in pipeline order: " + ", ".join(stage_names("sl")), factory=lambda: stage_names("sl"))
+
+    prompts: PromptsConfig = setting(doc="prompt sources", factory=PromptsConfig)
+    generation: GenerationConfig = setting(doc="decoding", factory=GenerationConfig)
+    sl: SLConfig = setting(doc="critique-revision", factory=SLConfig)
+    sft: TrainingConfig = setting(doc="supervised fine-tuning", factory=TrainingConfig)
+    lora: LoraConfig = setting(doc="LoRA", factory=LoraConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -136,6 +172,10 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
         set_dotted(raw, key, value)
     problems: list[str] = []
     config = _build(cls, raw, "", problems)
+    checked: list[str] = []
+    _check(config, "", checked)  # ranges, stages, cross-field rules; a setting already reported is not reported twice
+    reported = {problem.split(":")[0] for problem in problems}
+    problems += [problem for problem in checked if problem.split(":")[0] not in reported]
     if problems:
         raise CaiError(f"{source}: " + "; ".join(problems))
     return config
@@ -218,7 +258,10 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            problems.append(f"unknown key {dotted!r} ({closest(str(key), names)})")
+            if dotted in MOVED:
+                problems.append(f"{dotted}: this setting moved to {MOVED[dotted]}; write that key instead")
+            else:
+                problems.append(f"unknown key {dotted!r} ({closest(str(key), names)})")
             continue
         values[key] = _coerce(hints[key], value, dotted, problems)
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
@@ -267,6 +310,11 @@ def _coerce(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:
         return value
     if hint is Any:
         return value
+    if origin is Literal:
+        if value in args:
+            return value
+        problems.append(f"{dotted}: unknown choice {value!r}; valid choices: {', '.join(map(str, args))}")
+        return args[0]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -293,6 +341,79 @@ def _coerce(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:
         problems.append(f"{dotted}: expected a string, got {value!r}")
         return ""
     return value
+
+
+def _check(config: Any, prefix: str, problems: list[str]) -> None:
+    """Ranges from each field's `setting(..., ge=/gt=/le=/lt=)`, the stage list, and each section's cross-field `problems()`."""
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        dotted = f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value):
+            _check(value, f"{dotted}.", problems)
+            continue
+        bounds = spec.metadata.get("range")
+        if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = range_problem(value, *bounds)
+            if problem:
+                problems.append(f"{dotted}: {problem}, got {value!r}; {range_text(*bounds)}")
+    pipeline = getattr(config, "PIPELINE", "")
+    if pipeline:
+        config.stages = [LEGACY_STAGE_NAMES.get(s, s) for s in config.stages]  # `stages=ppo` still selects the policy stage
+        known = stage_names(pipeline)
+        unknown = [s for s in config.stages if s not in known]
+        if unknown:
+            problems.append(f"stages: unknown stage {unknown[0]!r}; stages are {', '.join(known)}")
+        elif not config.stages:
+            problems.append(f"stages: no stage selected; choose from {', '.join(known)}")
+    extra = getattr(config, "problems", None)
+    if callable(extra):
+        problems.extend(f"{prefix}{problem}" for problem in extra())
+
+
+def range_problem(value: float, ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str | None:
+    if ge is not None and value < ge:
+        return f"must be at least {ge:g}"
+    if gt is not None and value <= gt:
+        return f"must be above {gt:g}"
+    if le is not None and value > le:
+        return f"must be at most {le:g}"
+    if lt is not None and value >= lt:
+        return f"must be below {lt:g}"
+    return None
+
+
+def range_text(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else "(-inf"
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else "inf)"
+    return f"use a value in {low}, {high}"
+
+
+def explain(cls: type, prefix: str = "") -> list[str]:
+    """One line per setting: dotted name, type, default, range and doc (`python -m cai validate --explain`)."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for spec in dataclasses.fields(cls):
+        dotted = f"{prefix}{spec.name}"
+        value = getattr(default, spec.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{dotted}:  {spec.metadata.get('doc', '')}")
+            lines.extend(explain_section(value, f"{dotted}."))
+            continue
+        lines.append(_explain_line(dotted, hints[spec.name], value, spec))
+    return lines
+
+
+def explain_section(section: Any, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(type(section))
+    return [_explain_line(f"{prefix}{spec.name}", hints[spec.name], getattr(section, spec.name), spec) for spec in dataclasses.fields(section)]
+
+
+def _explain_line(dotted: str, hint: Any, value: Any, spec: Any) -> str:
+    kind = "|".join(map(str, typing.get_args(hint))) if typing.get_origin(hint) is Literal else getattr(hint, "__name__", str(hint)).replace("typing.", "")
+    bounds = spec.metadata.get("range")
+    allowed = f" {range_text(*bounds).removeprefix('use a value in ')}" if bounds and any(b is not None for b in bounds) else ""
+    return f"  {dotted} = {value!r}  ({kind}{allowed})  {spec.metadata.get('doc', '')}"
 
 
 def check_choice(value: str, choices: typing.Iterable[str], setting: str) -> str:
@@ -345,65 +466,82 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
 class SampleConfig:
     """Response pairs from the SL model: several samples per prompt at a sampling temperature."""
 
-    responses_per_prompt: int = 2
-    temperature: float = 1.0
-    chunk_size: int = 32
+    responses_per_prompt: int = setting(2, "responses sampled per prompt (pairs are compared)", ge=2)
+    temperature: float = setting(1.0, "sampling temperature for the pairs", ge=0)
+    chunk_size: int = setting(32, "prompts per resumable shard", ge=1)
 
 
 @dataclass
 class FeedbackConfig:
     """The AI labeler: multiple choice over (A)/(B), read from next-token log-probabilities."""
 
-    model: str | None = None
-    principles_per_comparison: int = 1
-    ensemble: str = "mean"
-    debias_positions: bool = True
-    chain_of_thought: bool = False
-    cot_max_new_tokens: int = 96
-    cot_low: float = 0.4
-    cot_high: float = 0.6
-    min_confidence: float = 0.0
-    batch_size: int = 8
-    max_length: int = 2048
-    chunk_size: int = 32
+    model: str | None = setting(None, "feedback model (null: the SL run's base model)")
+    principles_per_comparison: int = setting(1, "preference principles drawn per comparison", ge=1)
+    ensemble: Ensemble = setting("mean", "how principles' votes combine: mean of probabilities or logit_mean of log-odds")
+    debias_positions: bool = setting(True, "score both orders and average, against position bias")
+    chain_of_thought: bool = setting(False, "let the model reason before answering")
+    cot_max_new_tokens: int = setting(96, "longest chain of thought, in tokens", ge=1)
+    cot_low: float = setting(0.4, "with chain of thought, votes are clamped to [cot_low, cot_high]", ge=0, le=0.5)
+    cot_high: float = setting(0.6, "upper end of the chain-of-thought clamp", ge=0.5, le=1)
+    min_confidence: float = setting(0.0, "drop labels within this distance of 0.5", ge=0, le=0.5)
+    batch_size: int = setting(8, "prompts scored per forward pass", ge=1)
+    max_length: int = setting(2048, "longest judging prompt, in tokens (quoted texts are cut to fit)", ge=1)
+    chunk_size: int = setting(32, "comparisons per resumable shard", ge=1)
 
 
 @dataclass
 class RewardConfig:
     """Preference model on the AI labels; soft targets by default (the paper found them better)."""
 
-    model: str | None = None
-    soft_labels: bool = True
-    helpful_preferences: str | None = None
-    eval_fraction: float = 0.1
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=1e-5, max_length=1024))
+    model: str | None = setting(None, "reward-model base (null: the SL model)")
+    soft_labels: bool = setting(True, "train on the feedback probabilities rather than hard winners")
+    helpful_preferences: str | None = setting(None, "JSONL of human helpfulness comparisons to mix in")
+    eval_fraction: float = setting(0.1, "share of comparisons held out to measure the reward model", ge=0, lt=1)
+    training: TrainingConfig = setting(doc="reward-model training", factory=lambda: TrainingConfig(learning_rate=1e-5, max_length=1024))
 
 
 @dataclass
 class PPOConfig:
     """PPO through trl; names follow trl's PPOConfig where one exists."""
 
-    kl_coef: float = 0.001
-    response_length: int = 128
-    temperature: float = 0.7
-    missing_eos_penalty: float | None = 1.0
-    whiten_rewards: bool = False
-    num_ppo_epochs: int = 4
-    num_mini_batches: int = 1
-    total_episodes: int | None = None
-    local_rollout_forward_batch_size: int = 16
-    cliprange: float = 0.2
-    vf_coef: float = 0.1
-    step0_tolerance: float = 1e-3
+    kl_coef: float = setting(0.001, "KL penalty to the SL policy", ge=0)
+    response_length: int = setting(128, "longest rollout, in tokens", ge=1)
+    temperature: float = setting(0.7, "rollout sampling temperature", gt=0)
+    missing_eos_penalty: float | None = setting(1.0, "subtracted from the reward of a rollout without EOS (null: none)", gt=0)
+    whiten_rewards: bool = setting(False, "whiten rewards per mini-batch")
+    num_ppo_epochs: int = setting(4, "PPO epochs per batch of rollouts", ge=1)
+    num_mini_batches: int = setting(1, "mini-batches per PPO batch", ge=1)
+    total_episodes: int | None = setting(None, "rollouts in all (null: one pass over the prompts per epoch)", ge=1)
+    local_rollout_forward_batch_size: int = setting(16, "rollouts per forward pass", ge=1)
+    cliprange: float = setting(0.2, "PPO ratio clip", gt=0)
+    vf_coef: float = setting(0.1, "value-loss weight", ge=0)
+    step0_tolerance: float = setting(1e-3, "largest ratio/reference gap allowed by the step-0 check", gt=0)
+
+
+@dataclass
+class DPOConfig:
+    """DPO on the AI-labelled pairs (offline, no reward model)."""
+
+    beta: float = setting(0.1, "DPO temperature: strength of the pull towards the reference", gt=0)
+
+
+@dataclass
+class GroupConfig:
+    """GRPO or RLOO through trl: several samples per prompt scored by the reward model."""
+
+    num_generations: int = setting(4, "samples per prompt compared with each other", ge=2)
+    kl_coef: float = setting(0.001, "KL penalty to the SL policy (trl's beta)", ge=0)
+    response_length: int = setting(128, "longest sample, in tokens", ge=1)
+    temperature: float = setting(0.7, "sampling temperature", gt=0)
+    missing_eos_penalty: float | None = setting(1.0, "subtracted from the reward of a sample without EOS (null: none)", gt=0)
+    reward_batch_size: int = setting(16, "samples scored per reward-model forward pass", ge=1)
 
 
 @dataclass
 class RLConfig:
-    """Which optimiser turns the reward model into a policy; `ppo` is the paper's method."""
+    """Which optimiser the policy stage uses; its settings live in the section named after it."""
 
-    algorithm: str = "ppo"
-    beta: float = 0.1
-    num_generations: int = 4
+    algorithm: Algorithm = setting("ppo", "ppo (the paper's; settings in ppo.*), dpo (dpo.*), grpo (grpo.*) or rloo (rloo.*)")
 
 
 @dataclass
@@ -415,46 +553,48 @@ class EvalConfig:
     `judge_principles` uses every preference principle of the constitution.
     """
 
-    red_team: str = "examples/eval_red_team.jsonl"
-    helpful: str | None = "examples/eval_helpful.jsonl"
-    max_red_team: int | None = None
-    max_helpful: int | None = None
-    models: list[str] = field(default_factory=lambda: ["base", "sl", "rl"])
-    reward_model: str | None = None
-    judge: bool = True
-    judge_principles: list[str] = field(default_factory=list)
-    bootstrap_rounds: int = 200
-    refusal_judge: bool = False
-    refusal_labels: str | None = "examples/refusal_labels.jsonl"
-    max_new_tokens: int = 128
-    chunk_size: int = 32
-    show_examples: int = 3
+    red_team: str = setting("examples/eval_red_team.jsonl", "held-out red-team prompts")
+    helpful: str | None = setting("examples/eval_helpful.jsonl", "held-out helpful prompts (null: none)")
+    max_red_team: int | None = setting(None, "at most this many red-team prompts (null: all)", ge=1)
+    max_helpful: int | None = setting(None, "at most this many helpful prompts (null: all)", ge=1)
+    models: list[str] = setting(doc="models compared: base, sl, rl or name=reference", factory=lambda: ["base", "sl", "rl"])
+    reward_model: str | None = setting(None, "reward model that scores responses (null: this run's)")
+    judge: bool = setting(True, "pairwise AI-judge comparisons and Elo")
+    judge_principles: list[str] = setting(doc="preference principle ids the judge uses (empty: all)", factory=list)
+    bootstrap_rounds: int = setting(200, "bootstrap resamples for the Elo intervals", ge=1)
+    refusal_judge: bool = setting(False, "also ask the judge whether each response refuses")
+    refusal_labels: str | None = setting("examples/refusal_labels.jsonl", "labelled responses to measure refusal detectors on")
+    max_new_tokens: int = setting(128, "longest response, in tokens", ge=1)
+    chunk_size: int = setting(32, "prompts per resumable shard", ge=1)
+    show_examples: int = setting(3, "example responses in the report", ge=0)
 
 
 @dataclass
-class RLRunConfig:
+class RLRunConfig(RunConfig):
     """`cai/rl.py`: sample pairs, label them with AI feedback, train a reward model, optimise the policy."""
 
-    output_dir: str = "runs/sl"
-    constitution: str = "constitutions/default.yaml"
-    model: str = ""
-    stages: list[str] = field(default_factory=lambda: ["sample", "label", "reward", "ppo", "eval"])
-    seed: int = 0
-    force: bool = False
-    prompts: PromptsConfig = field(default_factory=lambda: PromptsConfig(helpful=None))
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(learning_rate=1e-6, save_steps=50))
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    PIPELINE: ClassVar[str] = "rl"
+
+    stages: list[str] = setting(doc="stages to run, in pipeline order: " + ", ".join(stage_names("rl")), factory=lambda: stage_names("rl"))
+
+    model: str = setting("", "the SL model to start from (empty: <output_dir>/sl_model)")
+    prompts: PromptsConfig = setting(doc="prompt sources", factory=lambda: PromptsConfig(helpful=None))
+    generation: GenerationConfig = setting(doc="decoding", factory=GenerationConfig)
+    sample: SampleConfig = setting(doc="the sample stage", factory=SampleConfig)
+    feedback: FeedbackConfig = setting(doc="the label stage's AI feedback", factory=FeedbackConfig)
+    reward: RewardConfig = setting(doc="the reward stage", factory=RewardConfig)
+    rl: RLConfig = setting(doc="the policy stage's algorithm", factory=RLConfig)
+    ppo: PPOConfig = setting(doc="rl.algorithm=ppo", factory=PPOConfig)
+    dpo: DPOConfig = setting(doc="rl.algorithm=dpo", factory=DPOConfig)
+    grpo: GroupConfig = setting(doc="rl.algorithm=grpo", factory=GroupConfig)
+    rloo: GroupConfig = setting(doc="rl.algorithm=rloo", factory=GroupConfig)
+    training: TrainingConfig = setting(doc="policy training", factory=lambda: TrainingConfig(learning_rate=1e-6, save_steps=50))
+    lora: LoraConfig = setting(doc="LoRA", factory=LoraConfig)
+    eval: EvalConfig = setting(doc="the eval stage", factory=EvalConfig)
 
     def policy_reference(self) -> str:
         """The SL model to start from: `model` if set, else this run directory's `sl_model`."""
-        return self.model or str(Path(self.output_dir) / "sl_model")
+        return self.model or str(Path(self.output_dir) / SL_MODEL)
 
 
 # ---------------------------------------------------------------- Self-Instruct prompt pools
@@ -464,36 +604,56 @@ class RLRunConfig:
 class SelfInstructConfig:
     """Growing prompt pools by Self-Instruct (Wang et al. 2022); the paper shows 6 seed + 2 generated examples."""
 
-    kind: str = "red_team"
-    seed_red_team: str = "examples/red_team.jsonl"
-    seed_helpful: str = "examples/helpful.jsonl"
-    seed_limit: int | None = None
-    target_new: int = 1000
-    max_rounds: int = 50
-    max_empty_rounds: int = 3
-    requests_per_round: int = 32
-    fewshot_seed: int = 6
-    fewshot_generated: int = 2
-    new_per_request: int = 8
-    request_format: str = "chat"
-    rouge_threshold: float = 0.7
-    min_words: int = 3
-    max_words: int = 60
-    blocklist: list[str] = field(default_factory=list)
-    builtin_blocklist: bool = True
-    category_keywords: dict[str, list[str]] = field(default_factory=dict)
-    num_workers: int = 1
-    show_examples: int = 10
+    kind: PoolKind = setting("red_team", "which pool to grow: red_team, helpful or both")
+    seed_red_team: str = setting("examples/red_team.jsonl", "seed red-team prompts (id, prompt, category)")
+    seed_helpful: str = setting("examples/helpful.jsonl", "seed helpful prompts")
+    seed_limit: int | None = setting(None, "use at most this many seeds (null: all)", ge=1)
+    target_new: int = setting(1000, "new prompts wanted per pool", ge=1)
+    max_rounds: int = setting(50, "stop after this many rounds", ge=1)
+    max_empty_rounds: int = setting(3, "stop after this many rounds in a row add nothing", ge=1)
+    requests_per_round: int = setting(32, "few-shot requests per round", ge=1)
+    fewshot_seed: int = setting(6, "seed examples per request", ge=0)
+    fewshot_generated: int = setting(2, "generated examples per request", ge=0)
+    new_per_request: int = setting(8, "new prompts asked for per request", ge=1)
+    request_format: RequestFormat = setting("chat", "send requests as a chat turn or as raw completion text")
+    rouge_threshold: float = setting(0.7, "drop a candidate this ROUGE-L-similar to the pool", gt=0, le=1)
+    min_words: int = setting(3, "shortest accepted prompt, in words", ge=1)
+    max_words: int = setting(60, "longest accepted prompt, in words", ge=1)
+    blocklist: list[str] = setting(doc="extra phrases that reject a candidate", factory=list)
+    builtin_blocklist: bool = setting(True, "also use the built-in blocklist")
+    category_keywords: dict[str, list[str]] = setting(doc="category -> keywords that infer it", factory=dict)
+    num_workers: int = setting(1, "processes for ROUGE-L filtering", ge=1)
+    show_examples: int = setting(10, "accepted prompts printed per pool", ge=0)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.fewshot_seed + self.fewshot_generated < 1:
+            found.append("self_instruct.fewshot_seed: with fewshot_generated=0 it must be at least 1; the model needs examples (the paper: 6 + 2)")
+        if self.max_words < self.min_words:
+            found.append(f"self_instruct.max_words: {self.max_words} is below min_words={self.min_words}; raise max_words")
+        if any(not phrase.strip() for phrase in self.blocklist):
+            found.append("self_instruct.blocklist: contains an empty phrase; remove it")
+        for category, words in self.category_keywords.items():
+            if not isinstance(words, list) or not all(isinstance(word, str) and word.strip() for word in words):
+                found.append(f"self_instruct.category_keywords.{category}: expected a list of non-empty keywords, got {words!r}")
+        return found
 
 
 @dataclass
-class PromptsRunConfig:
-    """`cai/prompts.py`: grow red-team and/or helpful prompt pools from seed files with Self-Instruct."""
+class PromptsRunConfig(RunConfig):
+    """`cai/grow.py`: grow red-team and/or helpful prompt pools from seed files with Self-Instruct."""
 
-    output_dir: str = "runs/prompts"
-    model: str = "embedded"
-    stages: list[str] = field(default_factory=lambda: ["grow"])
-    seed: int = 0
-    force: bool = False
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=256))
-    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
+    PIPELINE: ClassVar[str] = "grow"
+
+    stages: list[str] = setting(doc="stages to run, in pipeline order: " + ", ".join(stage_names("grow")), factory=lambda: stage_names("grow"))
+
+    output_dir: str = setting("runs/prompts", "the run directory: pools, rounds, manifest")
+    generation: GenerationConfig = setting(doc="decoding", factory=lambda: GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=256))
+    self_instruct: SelfInstructConfig = setting(doc="pool growth and filters", factory=SelfInstructConfig)
+
+
+# old key -> where it lives now; an old key is an error naming the new one, never silently ignored
+MOVED = {
+    "rl.beta": "dpo.beta",
+    "rl.num_generations": "grpo.num_generations (or rloo.num_generations)",
+}

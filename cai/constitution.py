@@ -8,8 +8,6 @@ for each critique round and each comparison; the draw is seeded so runs are repr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 
 from cai.config import closest, read_yaml_mapping
 from cai.errors import CaiError
+from cai.fingerprint import fingerprint
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -108,10 +107,7 @@ def load_constitution(path: str | Path) -> Constitution:
     for index, demo in enumerate(sections["few_shot"]):
         ref = demo.get("principle_id")
         if _text(ref) and ref not in critique_ids:
-            problems.append(
-                f"few_shot[{index}] (id {demo.get('id')!r}) field 'principle_id': {ref!r} is not a critique id "
-                f"({closest(str(ref), sorted(i for i in critique_ids if isinstance(i, str)))})"
-            )
+            problems.append(f"few_shot[{index}] (id {demo.get('id')!r}) field 'principle_id': {ref!r} is not a critique id ({closest(str(ref), sorted(i for i in critique_ids if isinstance(i, str)))})")
     if problems:
         raise CaiError(f"{path}: " + "; ".join(problems))
 
@@ -131,8 +127,7 @@ def load_constitution(path: str | Path) -> Constitution:
 
 def content_hash(data: dict[str, Any]) -> str:
     """Hash of the parsed content (not the bytes), so comments and formatting don't change it."""
-    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return fingerprint(data, sort_keys=True, ensure_ascii=False)
 
 
 def _text(value: Any) -> bool:

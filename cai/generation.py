@@ -7,12 +7,13 @@ prompt index (not per process), for the same reason.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Protocol, Sequence
 
-from cai.config import GenerationConfig, check_choice
+from cai.config import Backend, GenerationConfig, check_choice
 from cai.errors import CaiError
 
-BACKENDS = ("transformers", "vllm")
+BACKENDS = typing.get_args(Backend)
 
 
 class Generator(Protocol):

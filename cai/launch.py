@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from cai.config import check_stages, load_config, split_cli
 from cai.errors import exit_on_user_error
@@ -24,17 +24,21 @@ def main(config_cls: type[T], argv: Sequence[str] | None, run: Callable[[T, Any]
 
     def launch() -> int:
         path, overrides = split_cli(argv)
-        config = load_config(config_cls, path, overrides)
-        quiet_libraries()
-        from accelerate import Accelerator
-
-        accelerator = Accelerator()
-        if accelerator.is_main_process:
-            print(f"[cai] {accelerator.num_processes} process(es) on {accelerator.device}, output_dir={getattr(config, 'output_dir', '')}")
-        run(config, accelerator)
-        return 0
+        return start(load_config(config_cls, path, overrides), run)
 
     return exit_on_user_error(launch)
+
+
+def start(config: Any, run: Callable[[Any, Any], None], *, tag: str = "cai") -> int:
+    """Build the accelerator for a loaded config and run; every entry point (stage scripts, `cai eval`) comes through here."""
+    quiet_libraries()
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    if accelerator.is_main_process:
+        print(f"[{tag}] {accelerator.num_processes} process(es) on {accelerator.device}, output_dir={getattr(config, 'output_dir', '')}")
+    run(config, accelerator)
+    return 0
 
 
 def quiet_libraries() -> None:
@@ -53,29 +57,29 @@ def quiet_libraries() -> None:
         pass
 
 
-def run_stages(
-    config: Any,
-    store: RunStore,
-    accelerator: Any,
-    stages: Mapping[str, Sequence[str]],
-    functions: Mapping[str, Callable[[], None]],
-    *,
-    tag: str,
-) -> None:
-    """Run the selected stages in order; a finished stage is skipped unless `force` is set."""
-    selected = check_stages(list(config.stages), list(stages))
-    for stage in selected:
-        interrupted = config.force and store.stage_info(stage).get("status") == "running"  # force also restarts a failed or killed stage
-        if store.stage_done(stage) or interrupted:
-            if not config.force:
+def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *, constitution: Any = None, tag: str, rerun_done: bool = False) -> None:
+    """Run the selected stages of `pipeline` (cai/stages.py) in order; a finished stage is skipped unless `force` is set.
+
+    With `rerun_done` a finished stage runs again without being reset (`python -m cai eval`:
+    every record is on disk, so a rerun only recomputes the summary and the report).
+    """
+    from cai.stages import pipeline as stages_of
+
+    stages = stages_of(pipeline)
+    selected = check_stages(list(config.stages), [s.name for s in stages])
+    for stage in (s for s in stages if s.name in selected):
+        interrupted = config.force and store.stage_info(stage.name).get("status") == "running"  # force also restarts a failed or killed stage
+        if store.stage_done(stage.name) or interrupted:
+            if not config.force and not rerun_done:
                 if accelerator.is_main_process:
-                    print(f"[{tag}] {stage}: already done in {store.root}, skipping (force=true to redo)")
+                    print(f"[{tag}] {stage.name}: already done in {store.root}, skipping (force=true to redo)")
                 continue
-            moved = store.reset_stage(stage, stages[stage])
-            if accelerator.is_main_process and moved:
-                print(f"[{tag}] {stage}: force=true, previous outputs kept as {', '.join(p.name for p in moved)}")
+            if config.force:
+                moved = store.reset_stage(stage.name, stage.owns)
+                if accelerator.is_main_process and moved:
+                    print(f"[{tag}] {stage.name}: force=true, previous outputs kept as {', '.join(p.name for p in moved)}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            print(f"[{tag}] {stage}: running")
-        functions[stage]()
+            print(f"[{tag}] {stage.name}: running")
+        stage.run(config, store, accelerator, constitution)
         accelerator.wait_for_everyone()

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from cai import layout
 from cai.config import save_config
 from cai.errors import CaiError
 
@@ -60,7 +61,7 @@ class RunStore:
 
     @property
     def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / layout.MANIFEST
 
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():
@@ -82,16 +83,12 @@ class RunStore:
         """Open the run: refuse a directory made with another constitution, then record this launch."""
         previous = self.manifest().get("constitution")
         if constitution and previous and previous.get("hash") != constitution["hash"]:
-            raise CaiError(
-                f"output_dir {self.root}: holds a run made with constitution {previous.get('name')!r} "
-                f"(hash {previous.get('hash')}), not {constitution['name']!r} (hash {constitution['hash']}); "
-                "use a new output_dir"
-            )
+            raise CaiError(f"output_dir {self.root}: holds a run made with constitution {previous.get('name')!r} (hash {previous.get('hash')}), not {constitution['name']!r} (hash {constitution['hash']}); use a new output_dir")
         if not self.is_main:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        save_config(config, self.root / f"{script}_config.yaml")
-        save_config(config, self.root / "config.yaml")
+        save_config(config, self.root / layout.config_copy(script))
+        save_config(config, self.root / layout.CONFIG)
 
         def record(data: dict[str, Any]) -> None:
             data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -109,11 +106,15 @@ class RunStore:
         return self.root / stage
 
     def stage_done(self, stage: str) -> bool:
-        return self.manifest().get("stages", {}).get(stage, {}).get("status") == "done"
+        return self.stage_info(stage).get("status") == "done"
 
     def mark_stage(self, stage: str, status: str, **info: Any) -> None:
         def change(data: dict[str, Any]) -> None:
-            entry = data.setdefault("stages", {}).setdefault(stage, {})
+            stages = data.setdefault("stages", {})
+            for old in layout.legacy_names(stage):  # a run from before the rename: carry its entry over
+                if old in stages and stage not in stages:
+                    stages[stage] = stages.pop(old)
+            entry = stages.setdefault(stage, {})
             entry.update(info)
             entry["status"] = status
             entry["at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -121,7 +122,12 @@ class RunStore:
         self.update_manifest(change)
 
     def stage_info(self, stage: str) -> dict[str, Any]:
-        return self.manifest().get("stages", {}).get(stage, {})
+        """The manifest entry of `stage`, found under its old name in runs made before a rename."""
+        stages = self.manifest().get("stages", {})
+        for name in (stage, *layout.legacy_names(stage)):
+            if name in stages:
+                return stages[name]
+        return {}
 
     def reset_stage(self, stage: str, outputs: Iterable[str]) -> list[Path]:
         """For `force`: set the old outputs aside (renamed, never deleted) and clear the status."""
@@ -153,7 +159,7 @@ class RunStore:
         done = set()
         for path in directory.glob(f"{SHARD_PREFIX}*.jsonl"):
             try:
-                done.add(int(path.stem[len(SHARD_PREFIX):]))
+                done.add(int(path.stem[len(SHARD_PREFIX) :]))
             except ValueError:
                 continue
         return done
@@ -172,10 +178,7 @@ class RunStore:
     def require_stage(self, stage: str, *, needed_by: str, records: str | None = None) -> list[dict[str, Any]]:
         """The records of a finished earlier stage, or an error saying which stage to run first."""
         if not self.stage_done(stage):
-            raise CaiError(
-                f"{self.root}: stage {stage!r} has not finished, and {needed_by!r} needs it; "
-                f"run it first (stages={stage},{needed_by})"
-            )
+            raise CaiError(f"{self.root}: stage {stage!r} has not finished, and {needed_by!r} needs it; run it first (stages={stage},{needed_by})")
         return self.read_records(records) if records else []
 
 
@@ -215,12 +218,28 @@ def run_chunked(
     return store.read_records(records_dir)
 
 
-def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerprint: str) -> None:
-    """Refuse to resume a stage on different inputs: its shards would mix two selections."""
-    started = store.stage_info(stage).get("inputs")
+def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerprint: str, per_records_dir: bool = False, force: str = "force=true") -> None:
+    """The one resume check: refuse to add shards to `records_dir` made from other inputs; remember these.
+
+    A stage with one records directory keeps one fingerprint (`inputs`); a stage with several
+    (eval: one per model's generations, scores, judgements) keeps one per directory.
+    """
+    recorded = store.stage_info(stage).get("inputs")
+    started = (recorded.get(records_dir) if isinstance(recorded, dict) else None) if per_records_dir else recorded
     if started and started != fingerprint and store.done_shards(records_dir):
         raise CaiError(
-            f"{store.stage_dir(records_dir)}: stage {stage!r} was started on different inputs; "
-            "keep the same prompts/seed to resume, set force=true to start the stage over, or use a new output_dir"
+            f"{store.stage_dir(records_dir)}: made from other inputs (prompts, models, seed or settings changed) than stage {stage!r} "
+            f"would use now; keep the same inputs to resume, set {force} to redo the stage (old outputs are kept aside), or use a new output_dir"
         )
-    store.mark_stage(stage, "running", inputs=fingerprint)
+    if not per_records_dir:
+        store.mark_stage(stage, "running", inputs=fingerprint)
+        return
+
+    def remember(manifest: dict[str, Any]) -> None:
+        entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+        if not isinstance(entry.get("inputs"), dict):
+            entry["inputs"] = {}
+        entry["inputs"][records_dir] = fingerprint
+        entry.setdefault("status", "running")
+
+    store.update_manifest(remember)

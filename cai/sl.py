@@ -23,25 +23,14 @@ def run(config, accelerator) -> None:
     from cai.constitution import load_constitution
     from cai.launch import run_stages
     from cai.run_store import RunStore
-    from cai.sl_stages import STAGES, run_generate, run_sft
 
-    from cai.config import check_stages
-
-    check_stages(list(config.stages), list(STAGES))
     constitution = load_constitution(config.constitution)
     store = RunStore(config.output_dir, is_main=accelerator.is_main_process)
     with accelerator.main_process_first():  # the embedded model is converted once, by one process
         models.resolve(config.model, setting="model")
     refs = {"policy": config.model, "critique_model": config.sl.critique_model or config.model}
     store.begin(config, constitution=constitution.manifest_entry(), models=refs, script="sl")
-    run_stages(
-        config,
-        store,
-        accelerator,
-        STAGES,
-        {"generate": lambda: run_generate(config, store, accelerator, constitution), "sft": lambda: run_sft(config, store, accelerator)},
-        tag="sl",
-    )
+    run_stages(config, store, accelerator, "sl", constitution=constitution, tag="sl")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import accelerate_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -78,17 +79,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def launch(script: str, *args: str, processes: int = 1, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600):
     """Run a stage script the way users do: `accelerate launch --cpu ... cai/<script>`."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    extra_env = {}
-    if processes > 1:
-        # accelerate 1.x starts a single process for `--cpu --num_processes N`; torchrun over CPUs
-        # needs --multi_gpu with ACCELERATE_USE_CPU set.
-        command += ["--multi_gpu", "--main_process_port", str(29500 + os.getpid() % 1000)]
-        extra_env["ACCELERATE_USE_CPU"] = "true"
-    else:
-        command += ["--cpu"]
-    command += [str(ROOT / "cai" / script), *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env, **(env or {})}
+    command, launch_env = accelerate_command(str(ROOT / "cai" / script), *args, processes=processes)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **launch_env, **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.config import SLRunConfig, check_stages, load_config, parse_override, save_config, split_cli
+from cai.config import (
+    SLRunConfig,
+    check_stages,
+    load_config,
+    parse_override,
+    save_config,
+    split_cli,
+)
 from cai.errors import CaiError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +102,61 @@ def test_every_shipped_yaml_opens_with_its_command_and_loads(path):
     config = load_config(config_classes()[kind], path)
     constitution = getattr(config, "constitution", None)  # the prompt-pool config has none
     assert constitution is None or (ROOT / constitution).is_file()
+
+
+def test_validate_rejects_bad_choices_and_ranges_before_any_stage_runs(tmp_path):
+    """`python -m cai validate` stops on an invalid choice and an out-of-range value, all problems in one line."""
+    from conftest import run_module
+    from helpers import assert_one_line
+
+    bad = tmp_path / "rl.yaml"
+    bad.write_text("# accelerate launch cai/rl.py --config rl.yaml\n" + yaml.safe_dump({"output_dir": str(tmp_path / "run"), "feedback": {"ensemble": "median"}, "generation": {"top_p": 0, "batch_size": 0}, "lora": {"dropout": 1.0}}))
+    result = run_module("validate", str(bad))
+    assert_one_line(
+        result,
+        "feedback.ensemble: unknown choice 'median'; valid choices: mean, logit_mean",
+        "generation.top_p: must be above 0, got 0.0; use a value in (0, 1]",
+        "generation.batch_size: must be at least 1, got 0",
+        "lora.dropout: must be below 1, got 1.0",
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_shipped_config_validates_through_the_cli():
+    from conftest import run_module
+
+    paths = [str(p) for p in shipped_yaml_files() if "accelerate" not in p.parts]
+    result = run_module("validate", "--explain", *paths)
+    assert result.returncode == 0, result.stderr
+    assert all(f"{p}: ok" in result.stdout for p in paths)
+    assert "feedback.ensemble = 'mean'  (mean|logit_mean)" in result.stdout  # choices printed from the schema
+    assert "generation.top_p = 1.0  (float (0, 1])" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sl.revision_rounds=0", "sl.revision_rounds: must be at least 1, got 0"),
+        ("generation.max_new_tokens=0", "generation.max_new_tokens: must be at least 1"),
+        ("generation.temperature=-1", "generation.temperature: must be at least 0"),
+        ("lora.r=0", "lora.r: must be at least 1"),
+        ("sft.learning_rate=0", "sft.learning_rate: must be above 0"),
+        ("sft.gradient_accumulation_steps=0", "sft.gradient_accumulation_steps: must be at least 1"),
+        ("sl.few_shot=-1", "sl.few_shot: must be at least 0"),
+        ("stages=generate,sfft", "stages: unknown stage 'sfft'; stages are generate, sft"),
+    ],
+)
+def test_ranges_are_checked_at_load(override, message):
+    with pytest.raises(CaiError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(SLRunConfig, None, [override])
+
+
+def test_renamed_stage_and_moved_keys():
+    from cai.config import RLRunConfig
+
+    assert load_config(RLRunConfig, None, ["stages=sample,ppo"]).stages == ["sample", "policy"]  # the old stage name still works
+    with pytest.raises(CaiError, match="rl.beta: this setting moved to dpo.beta"):
+        load_config(RLRunConfig, None, ["rl.beta=0.2"])
+    with pytest.raises(CaiError, match="rl.num_generations: this setting moved to grpo.num_generations"):
+        load_config(RLRunConfig, None, ["rl.num_generations=2"])
+    assert load_config(RLRunConfig, None, ["dpo.beta=0.2", "grpo.num_generations=3"]).grpo.num_generations == 3

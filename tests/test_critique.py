@@ -6,11 +6,11 @@ from pathlib import Path
 
 import yaml
 
+from cai.config import SLRunConfig
 from cai.constitution import load_constitution
-from cai.critique import clean_text, plan_chains, run_chains, sft_examples
 from cai.prompt_sources import Prompt
 from cai.run_store import RunStore
-from cai.config import SLRunConfig
+from cai.supervised.chains import clean_text, plan_chains, run_chains, sft_examples
 
 DATA = Path(__file__).resolve().parent / "data"
 

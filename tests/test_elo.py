@@ -7,19 +7,21 @@ import random
 
 import pytest
 
-from cai.elo import Comparison, EloInterval, bootstrap_elo_intervals, elo_from_comparisons, win_rate_matrix
 from cai.errors import CaiError
+from cai.evaluation.elo import (
+    Comparison,
+    EloInterval,
+    bootstrap_elo_intervals,
+    elo_from_comparisons,
+    win_rate_matrix,
+)
 
 # A wins 3 of 4 against B
 THREE_OF_FOUR = [("A", "B", 1.0)] * 3 + [("A", "B", 0.0)]
 # Strengths 4 : 2 : 1 reproduced exactly by the win shares:
 # P(A>B) = 4/6 = 2/3 (2 of 3), P(B>C) = 2/3 (2 of 3, one listed as C vs B), P(A>C) = 4/5 (4 of 5).
 # The likelihood equations (observed wins = expected wins) then hold at exactly those strengths.
-THREE_MODELS = (
-    [("A", "B", 1.0)] * 2 + [("A", "B", 0.0)]
-    + [("B", "C", 1.0)] * 2 + [("C", "B", 1.0)]
-    + [("A", "C", 1.0)] * 4 + [("A", "C", 0.0)]
-)
+THREE_MODELS = [("A", "B", 1.0)] * 2 + [("A", "B", 0.0)] + [("B", "C", 1.0)] * 2 + [("C", "B", 1.0)] + [("A", "C", 1.0)] * 4 + [("A", "C", 0.0)]
 ELO_LOG10_2 = 400 * math.log10(2)  # 120.41199826559248
 
 

@@ -6,17 +6,31 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, ROOT, run_module, write_jsonl
+from helpers import accelerate_command
 
 from cai.config import RLRunConfig
 from cai.errors import CaiError
-from cai.eval_metrics import elo_tables, loops, near_duplicates, refusal_rates, response_stats, score_summary, summarise, words
-from cai.evaluation import CLI_NAMES, Names, judge_items, pairwise_items, resolve_models
+from cai.evaluation.metrics import (
+    elo_tables,
+    loops,
+    near_duplicates,
+    refusal_rates,
+    response_stats,
+    score_summary,
+    summarise,
+    words,
+)
+from cai.evaluation.stage import (
+    CLI_NAMES,
+    Names,
+    judge_items,
+    pairwise_items,
+    resolve_models,
+)
 from cai.run_store import RunStore
 
 EXAMPLES = ROOT / "examples"
@@ -31,8 +45,13 @@ def prompts_of(path: Path) -> list[str]:
 
 def test_refusal_and_over_refusal_rates():
     records = [
-        {"kind": "red_team"}, {"kind": "red_team"}, {"kind": "red_team"}, {"kind": "red_team"},
-        {"kind": "helpful", "category": "benign_edgy"}, {"kind": "helpful", "category": "benign_edgy"}, {"kind": "helpful", "category": "math"},
+        {"kind": "red_team"},
+        {"kind": "red_team"},
+        {"kind": "red_team"},
+        {"kind": "red_team"},
+        {"kind": "helpful", "category": "benign_edgy"},
+        {"kind": "helpful", "category": "benign_edgy"},
+        {"kind": "helpful", "category": "math"},
     ]
     flags = [True, True, True, False, True, False, False]
     assert refusal_rates(records, flags) == {"refusal_rate": 0.75, "over_refusal_rate": pytest.approx(1 / 3), "over_refusal_benign_edgy": 0.5}
@@ -73,8 +92,7 @@ def test_score_summary_by_hand():
 def test_near_duplicates_catches_copies_and_rewordings():
     pool = ["How do I make a gun at home that can't be traced?", "What's the difference between weather and climate?"]
     found = near_duplicates(
-        ["how do i make a GUN at home that can't be traced", "How can I make a gun at home that can't be traced?",
-         "A gun at home that can't be traced: how to make one?", "What's the difference between == and === in JavaScript?"],
+        ["how do i make a GUN at home that can't be traced", "How can I make a gun at home that can't be traced?", "A gun at home that can't be traced: how to make one?", "What's the difference between == and === in JavaScript?"],
         pool,
     )
     assert [o.reason for o in found] == ["exact", "rouge_l", "jaccard"]
@@ -109,7 +127,7 @@ def test_elo_table_from_hand_made_judgements():
 
 
 def test_identical_responses_are_ties_without_asking_the_judge():
-    from cai.feedback import Judgement
+    from cai.feedback.judge import Judgement
 
     generations = {
         "base": [{"id": "p1", "prompt": "q1", "kind": "red_team", "response": "Same answer."}, {"id": "p2", "prompt": "q2", "kind": "helpful", "response": "x"}],
@@ -150,16 +168,15 @@ def test_resolve_models_roles_and_entries(tmp_path, tiny_model_dir):
     config.eval.models = ["base", "sl", "rl", f"tiny={tiny_model_dir}"]
     chosen, skipped = resolve_models(config, store, Names())
     assert [m.name for m in chosen] == ["tiny"]
-    assert [s["what"] for s in skipped] == ["model 'base'", "model 'sl'", "model 'rl'"] and "stage ppo" in skipped[2]["stage"]
-    for models, fragment in ((["tiny=./nowhere/model"], "eval.models (tiny): ./nowhere/model not found"), (["mystery"], "unknown entry 'mystery'"),
-                             ([f"a={tiny_model_dir}", f"a={tiny_model_dir}"], "listed twice")):
+    assert [s["what"] for s in skipped] == ["model 'base'", "model 'sl'", "model 'rl'"] and "stage policy" in skipped[2]["stage"]
+    for models, fragment in ((["tiny=./nowhere/model"], "eval.models (tiny): ./nowhere/model not found"), (["mystery"], "unknown entry 'mystery'"), ([f"a={tiny_model_dir}", f"a={tiny_model_dir}"], "listed twice")):
         config.eval.models = models
         with pytest.raises(CaiError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
             resolve_models(config, store, Names())
 
 
 def test_refusal_judge_reads_yes_and_no_tokens(embedded_tokenizer):
-    from cai.evaluation import refusal_judge_text, refusal_option_ids
+    from cai.evaluation.stage import refusal_judge_text, refusal_option_ids
 
     yes, no = refusal_option_ids(embedded_tokenizer)
     assert embedded_tokenizer.decode([yes[0]]).strip() == "Yes" and embedded_tokenizer.decode([no[0]]).strip() == "No"
@@ -177,7 +194,11 @@ def test_refusal_judge_reads_yes_and_no_tokens(embedded_tokenizer):
 def models(tiny_model_dir, tmp_path_factory):
     """A second policy (the tiny model, perturbed) and a tiny reward model with the same tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import (
+        AutoTokenizer,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+    )
 
     root = tmp_path_factory.mktemp("eval-models")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -197,10 +218,29 @@ def models(tiny_model_dir, tmp_path_factory):
 
 def eval_args(models, output: Path, *extra: str) -> list[str]:
     return [
-        "eval", "--models", f"base={models['base']}", f"rl={models['rl']}",
-        "--prompts", str(DATA / "red_team.jsonl"), "--helpful", str(DATA / "helpful.jsonl"),
-        "--output_dir", str(output), "--constitution", str(DATA / "constitution.yaml"),
-        "--reward_model", str(models["reward"]), "--max_red_team", "4", "--max_helpful", "2", "--max_new_tokens", "6", "--bootstrap_rounds", "20", *extra,
+        "eval",
+        "--models",
+        f"base={models['base']}",
+        f"rl={models['rl']}",
+        "--prompts",
+        str(DATA / "red_team.jsonl"),
+        "--helpful",
+        str(DATA / "helpful.jsonl"),
+        "--output_dir",
+        str(output),
+        "--constitution",
+        str(DATA / "constitution.yaml"),
+        "--reward_model",
+        str(models["reward"]),
+        "--max_red_team",
+        "4",
+        "--max_helpful",
+        "2",
+        "--max_new_tokens",
+        "6",
+        "--bootstrap_rounds",
+        "20",
+        *extra,
     ]
 
 
@@ -213,14 +253,8 @@ def one_error_line(result) -> str:
 
 def launch_module(*args: str, processes: int):
     """`accelerate launch -m cai ...` over CPU processes, as users run `cai eval` on N processes."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if processes > 1:  # see conftest.launch: CPU multi-process needs --multi_gpu with ACCELERATE_USE_CPU
-        command += ["--multi_gpu", "--main_process_port", str(29500 + (os.getpid() + 7) % 1000)]
-        env["ACCELERATE_USE_CPU"] = "true"
-    else:
-        command += ["--cpu"]
-    return subprocess.run([*command, "-m", "cai", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command, env = accelerate_command("-m", "cai", *args, processes=processes)
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True, timeout=600)
 
 
 def records(path: Path) -> list[dict]:
@@ -249,7 +283,7 @@ def test_cai_eval_end_to_end_with_judge_on_2_processes_then_1(models, tmp_path, 
     assert metrics["detectors"]["count"] == 6 and "judge" in metrics["detectors"] and "judge" in metrics["refusal"]["rl"]
     assert json.loads((output / "manifest.json").read_text())["stages"]["eval"]["status"] == "done"
     report = (output / "report" / "report.md").read_text()
-    assert "## Headline" in report and "| prompt | base | rl |" in report and "logs/ppo.jsonl" in report.split("## Missing")[1]
+    assert "## Headline" in report and "| prompt | base | rl |" in report and "logs/policy.jsonl" in report.split("## Missing")[1]
     for plot in ("reward_scores.png", "elo.png", "refusal.png"):
         assert (output / "report" / plot).stat().st_size > 5000
 
@@ -271,28 +305,28 @@ def test_cai_eval_end_to_end_with_judge_on_2_processes_then_1(models, tmp_path, 
 
 def rerun_without_models(argv: list[str], monkeypatch, capsys) -> None:
     """Run `cai eval` again in this process with every model loader broken: all records are on disk."""
-    import cai.evaluation
-    import cai.reward
-    import cai.sl_stages
+    import cai.evaluation.stage
+    import cai.reward.model
+    import cai.supervised.stages
     from cai.__main__ import build_parser
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although every record was on disk")
 
-    for module, name in ((cai.sl_stages, "generation_function"), (cai.reward, "load_reward_base"), (cai.evaluation.FeedbackModel, "load")):
+    for module, name in ((cai.supervised.stages, "generation_function"), (cai.reward.model, "load_reward_base"), (cai.evaluation.stage.FeedbackModel, "load")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.chdir(ROOT)
     from accelerate.state import AcceleratorState
 
     try:
-        assert cai.evaluation.eval_command(build_parser().parse_args(argv)) == 0
+        assert cai.evaluation.stage.eval_command(build_parser().parse_args(argv)) == 0
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)  # leave no process state to later tests
     assert "resuming eval/generations/base: 1 of 1 chunks already written" in capsys.readouterr().out
 
 
 def test_changed_inputs_are_not_resumed(tmp_path):
-    from cai.evaluation import check_inputs
+    from cai.evaluation.stage import check_inputs
 
     class OneProcess:
         def wait_for_everyone(self):
@@ -322,7 +356,7 @@ def test_cai_eval_missing_prompt_file(tmp_path, tiny_model_dir):
 
 def test_judge_principles_restrict_the_constitution():
     from cai.constitution import load_constitution
-    from cai.evaluation import judge_constitution
+    from cai.evaluation.stage import judge_constitution
 
     constitution = load_constitution(DATA / "constitution.yaml")
     assert judge_constitution(constitution, [], "--judge_principles") is constitution
@@ -332,7 +366,7 @@ def test_judge_principles_restrict_the_constitution():
 
 
 def test_reward_model_found_beside_a_compared_model(tmp_path):
-    from cai.evaluation import nearby_reward_model
+    from cai.evaluation.stage import nearby_reward_model
 
     (tmp_path / "run" / "rl_model").mkdir(parents=True)
     assert nearby_reward_model([f"rl={tmp_path / 'run' / 'rl_model'}"]) is None
@@ -351,8 +385,18 @@ def test_eval_stage_of_cai_rl_resolves_roles_and_lists_what_is_missing(models, t
     run = tmp_path / "run"
     shutil.copytree(models["rl"], run / "sl_model")
     run.joinpath("manifest.json").write_text(json.dumps({"models": {"policy": str(models["base"])}, "stages": {}}))
-    result = launch("rl.py", f"output_dir={run}", f"constitution={DATA / 'constitution.yaml'}", "stages=eval", f"prompts.red_team={DATA / 'red_team.jsonl'}",
-                    "eval.max_red_team=2", "eval.max_helpful=1", "eval.max_new_tokens=4", "eval.judge=false", "eval.refusal_labels=null")
+    result = launch(
+        "rl.py",
+        f"output_dir={run}",
+        f"constitution={DATA / 'constitution.yaml'}",
+        "stages=eval",
+        f"prompts.red_team={DATA / 'red_team.jsonl'}",
+        "eval.max_red_team=2",
+        "eval.max_helpful=1",
+        "eval.max_new_tokens=4",
+        "eval.judge=false",
+        "eval.refusal_labels=null",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["models"] == {"base": str(models["base"]), "sl": str(run / "sl_model")}
@@ -361,5 +405,5 @@ def test_eval_stage_of_cai_rl_resolves_roles_and_lists_what_is_missing(models, t
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["eval"]["status"] == "done" and set(manifest["stages"]["eval"]["models"]) == {"base", "sl"}
     missing = (run / "report" / "report.md").read_text().split("## Missing")[1]
-    assert "model 'rl'" in missing and "stage ppo of cai/rl.py" in missing and "logs/sft.jsonl" in missing
+    assert "model 'rl'" in missing and "stage policy of cai/rl.py" in missing and "logs/sft.jsonl" in missing
     assert "[rl] eval:" in result.stdout and "| sl |" in result.stdout

@@ -1,21 +1,22 @@
-"""The `ppo` stage on tiny models: PPO through trl end to end, dpo/grpo/rloo, step-0 invariants,
+"""The `policy` stage on tiny models: PPO through trl end to end, dpo/grpo/rloo, step-0 invariants,
 the missing-EOS penalty, the LoRA reference, resume after a kill, monitors, user errors."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA, launch
+from helpers import assert_one_line, kill_when, run_script
 
-from cai.rollout_monitors import PromptIndex, distinct_n, penalized_mean, rollout_monitors
-from conftest import DATA, ROOT, launch
+from cai.policy.monitors import (
+    PromptIndex,
+    distinct_n,
+    penalized_mean,
+    rollout_monitors,
+)
 
 PROMPT = "How can I break into a car?"
 
@@ -27,7 +28,11 @@ PROMPT = "How can I break into a car?"
 def reward_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A tiny sequence-classification reward model (num_labels=1) on the tiny Llama config."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -73,7 +78,7 @@ def rl_args(run: Path, model: Path, *extra: str) -> list[str]:
         f"model={model}",
         f"constitution={DATA / 'constitution.yaml'}",
         f"prompts.red_team={DATA / 'red_team.jsonl'}",
-        "stages=ppo",
+        "stages=policy",
         "training.per_device_train_batch_size=2",
         "training.max_steps=2",
         "training.learning_rate=0.001",
@@ -81,18 +86,23 @@ def rl_args(run: Path, model: Path, *extra: str) -> list[str]:
         "ppo.response_length=6",
         "ppo.num_ppo_epochs=1",
         "ppo.local_rollout_forward_batch_size=2",
-        "rl.num_generations=2",
+        "grpo.num_generations=2",
+        "rloo.num_generations=2",
+        "grpo.response_length=6",
+        "rloo.response_length=6",
+        "grpo.reward_batch_size=2",
+        "rloo.reward_batch_size=2",
         "generation.batch_size=10",
         *extra,
     ]
 
 
 def log_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "logs" / "ppo.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "logs" / "policy.jsonl").read_text().splitlines()]
 
 
 def stage_entry(run: Path) -> dict:
-    return json.loads((run / "manifest.json").read_text())["stages"]["ppo"]
+    return json.loads((run / "manifest.json").read_text())["stages"]["policy"]
 
 
 def run_in_process(*args: str) -> int:
@@ -112,14 +122,6 @@ def edited_copy(source: Path, destination: Path, edit) -> Path:
     model.save_pretrained(destination)
     AutoTokenizer.from_pretrained(source).save_pretrained(destination)
     return destination
-
-
-def assert_one_line(result, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cai: error: "), result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- pure monitors
@@ -164,7 +166,7 @@ def test_ppo_rollout_is_scored_at_the_eos_like_scored_ids(tiny_model_dir, reward
     from trl.experimental.utils import get_reward
 
     from cai import chat_format
-    from cai.reward import score_ids
+    from cai.reward.model import score_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
@@ -193,7 +195,7 @@ def test_reward_view_records_exactly_what_trl_scored(tiny_model_dir, reward_mode
     from trl.experimental.utils import get_reward
 
     from cai import chat_format
-    from cai.ppo_training import reward_view
+    from cai.policy.ppo import reward_view
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
@@ -229,7 +231,7 @@ def test_step0_check_names_the_planted_mismatch(tiny_model_dir, plant):
 
     from cai import models
     from cai.errors import CaiError
-    from cai.ppo_invariants import check_step0
+    from cai.policy.invariants import check_step0
 
     tokenizer = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attention_dropout=0.5 if plant == "dropout" else 0.0)
@@ -265,8 +267,8 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
     result = launch("rl.py", *rl_args(run, tiny_model_dir, "training.save_steps=1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[rl] ppo: step-0 check passed" in result.stdout
-    assert "[rl] ppo: mean reward before training" in result.stdout and "[rl] ppo: mean reward after training" in result.stdout
+    assert "[rl] policy: step-0 check passed" in result.stdout
+    assert "[rl] policy: mean reward before training" in result.stdout and "[rl] policy: mean reward after training" in result.stdout
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -280,8 +282,7 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     rows = log_rows(run)
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
-        for key in ("objective/scores", "objective/kl", "objective/entropy", "loss/value_avg",
-                    "monitor/response_length", "monitor/distinct_1", "monitor/distinct_2", "monitor/eos_rate", "monitor/raw_score"):
+        for key in ("objective/scores", "objective/kl", "objective/entropy", "loss/value_avg", "monitor/response_length", "monitor/distinct_1", "monitor/distinct_2", "monitor/eos_rate", "monitor/raw_score"):
             assert key in row, key
         # the monitors saw exactly the rollouts trl scored: trl's score = raw score - penalty x (1 - EOS rate)
         assert row["objective/scores"] == pytest.approx(penalized_mean(row["monitor/raw_score"], row["monitor/eos_rate"], 1.0), abs=1e-4)
@@ -291,38 +292,32 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     assert entry["status"] == "done" and entry["algorithm"] == "ppo" and entry["steps"] == 2
     assert isinstance(entry["reward_before"], float) and isinstance(entry["reward_after"], float)
     assert {"objective/kl", "objective/scores", "loss/value_avg"} <= set(entry["metrics"])
-    assert sorted(p.name for p in (run / "checkpoints" / "ppo").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in (run / "checkpoints" / "policy").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
 
 @pytest.mark.slow
 def test_killed_ppo_resumes_from_its_last_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
     args = rl_args(run, tiny_model_dir, "training.max_steps=8", "training.save_steps=2", "training.save_total_limit=3")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "cai" / "rl.py"), *args]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    first = run / "checkpoints" / "ppo" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.time() + 180
-    while not first.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    first = run / "checkpoints" / "policy" / "checkpoint-2" / "trainer_state.json"
+    kill_when("rl.py", args, first, timeout=180)
     assert first.exists() and not (run / "rl_model").exists(), "the kill landed outside the training loop"
     assert stage_entry(run)["status"] == "running"
     steps_before = [r["step"] for r in log_rows(run)]
-    from cai.ppo_training import last_complete_checkpoint
+    from cai.policy.ppo import last_complete_checkpoint
 
-    newest = last_complete_checkpoint(run / "checkpoints" / "ppo")  # trainer state and value state both written
+    newest = last_complete_checkpoint(run / "checkpoints" / "policy")  # trainer state and value state both written
     assert newest is not None and newest.step >= 2
 
     result = launch("rl.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = [line for line in result.stdout.splitlines() if line.startswith("[rl] ppo: resuming from ")]
+    resumed = [line for line in result.stdout.splitlines() if line.startswith("[rl] policy: resuming from ")]
     assert resumed, result.stdout[-2000:]
     checkpoint = Path(resumed[0].split("resuming from ")[1].split(" (")[0])
     assert checkpoint == newest.path
     step = newest.step
     assert "step-0 check passed" not in result.stdout  # a resumed policy is not the reference any more
-    after = [r["step"] for r in log_rows(run)][len(steps_before):]
+    after = [r["step"] for r in log_rows(run)][len(steps_before) :]
     assert after == list(range(step + 1, 9))  # counters continue; nothing before the checkpoint is redone
     entry = stage_entry(run)
     assert entry["status"] == "done" and entry["steps"] == 8 and entry["resumed_from"] == str(checkpoint)
@@ -379,12 +374,16 @@ def test_lora_reference_is_the_merged_sl_adapter(tiny_model_dir, reward_model_di
     import torch
     from accelerate import Accelerator
     from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from cai import chat_format, models
     from cai.config import RLRunConfig, load_config
-    from cai.ppo_training import build_ppo
-    from cai.reward import score_ids
+    from cai.policy.ppo import build_ppo
+    from cai.reward.model import score_ids
 
     torch.manual_seed(3)
     adapter = tmp_path / "sl_adapter"
@@ -414,7 +413,7 @@ def test_lora_reference_is_the_merged_sl_adapter(tiny_model_dir, reward_model_di
     ids = [chat_format.scored_ids(tokenizer, PROMPT, "I can't help with that.")]
     before = score_ids(reward_model, ids, pad_token_id=tokenizer.pad_token_id)[0]
     with torch.no_grad():
-        for name, parameter in value.named_parameters():
+        for parameter in value.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.5)  # the value adapter and head move during training
     assert score_ids(session.reward, ids, pad_token_id=tokenizer.pad_token_id)[0] == pytest.approx(before, abs=1e-5)
@@ -428,7 +427,7 @@ def test_alternative_algorithm_one_step(tiny_model_dir, reward_model_dir, tmp_pa
     run = prepare_run(tmp_path / "run", reward_model_dir)
     assert run_in_process(*rl_args(run, tiny_model_dir, f"rl.algorithm={algorithm}", "training.max_steps=1", "training.logging_steps=1")) == 0
     out = capsys.readouterr().out
-    assert f"[rl] ppo: {algorithm}, 1 steps" in out
+    assert f"[rl] policy: {algorithm}, 1 steps" in out
 
     from transformers import AutoModelForCausalLM
 
@@ -437,7 +436,7 @@ def test_alternative_algorithm_one_step(tiny_model_dir, reward_model_dir, tmp_pa
     assert entry["status"] == "done" and entry["algorithm"] == algorithm and entry["steps"] == 1
     assert isinstance(entry["reward_before"], float) and isinstance(entry["reward_after"], float)
     rows = log_rows(run)
-    assert rows and rows[0]["stage"] == "ppo"
+    assert rows and rows[0]["stage"] == "policy"
     if algorithm == "dpo":
         assert entry["pairs"] == 6 and "rewards/margins" in entry["metrics"]
     else:  # scored by the reward model through scored_ids, monitors logged by the reward function
@@ -448,16 +447,11 @@ def test_alternative_algorithm_one_step(tiny_model_dir, reward_model_dir, tmp_pa
 # ---------------------------------------------------------------- user errors
 
 
-def run_rl(*args: str):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "cai" / "rl.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_unknown_algorithm_lists_the_choices(tiny_model_dir, tmp_path):
-    result = run_rl(*rl_args(tmp_path / "run", tiny_model_dir, "rl.algorithm=ppx"))
+    result = run_script("rl.py", *rl_args(tmp_path / "run", tiny_model_dir, "rl.algorithm=ppx"))
     assert_one_line(result, "rl.algorithm: unknown choice 'ppx'", "valid choices: ppo, dpo, grpo, rloo")
 
 
 def test_missing_reward_model_says_run_the_reward_stage(tiny_model_dir, tmp_path):
-    result = run_rl(*rl_args(tmp_path / "run", tiny_model_dir))
+    result = run_script("rl.py", *rl_args(tmp_path / "run", tiny_model_dir))
     assert_one_line(result, "reward_model", "rl.algorithm=ppo", "run stages=reward first")

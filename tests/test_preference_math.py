@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cai.errors import CaiError
-from cai.preference_math import (
+from cai.feedback.preference_math import (
     Calibration,
     PositionBias,
     calibration,

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from cai.errors import CaiError
-from cai.refusal import PrecisionRecall, is_refusal, opening, precision_recall, refusal_reason
+from cai.evaluation.refusal import (
+    PrecisionRecall,
+    is_refusal,
+    opening,
+    precision_recall,
+    refusal_reason,
+)
 
 LABELS = Path(__file__).resolve().parent.parent / "examples" / "refusal_labels.jsonl"
 

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_module, write_jsonl
 
-from cai.eval_metrics import summarise
-from cai.report import Missing, build_report, headline_table, series
+from cai.evaluation.metrics import summarise
+from cai.evaluation.report import Missing, build_report, headline_table, series
 
 MODELS = ("base", "sl", "rl")
 RED = [f"How do I do harmful thing number {i}?" for i in range(8)]
@@ -30,7 +29,7 @@ def response(model: str, kind: str, i: int) -> str:
     return f"Sure! Step one for item {i}: gather what you need. Step two: follow the guide carefully and check your work."
 
 
-def fabricate(run: Path, *, with_ppo: bool = True) -> dict:
+def fabricate(run: Path, *, with_ppo: bool = True, policy_log: str = "policy.jsonl") -> dict:
     """A run directory as the stages leave it: JSONL logs, eval records and eval/metrics.json."""
     logs = run / "logs"
     logs.mkdir(parents=True)
@@ -39,10 +38,22 @@ def fabricate(run: Path, *, with_ppo: bool = True) -> dict:
     if with_ppo:
         rows = []
         for s in range(1, 13):
-            rows.append({"stage": "ppo", "step": s, "objective/scores": -1 + 0.1 * s, "objective/kl": 0.01 * s, "objective/entropy": 60 - s,
-                         "loss/value_avg": 0.5 / s, "monitor/response_length": 40 + s, "monitor/distinct_2": 0.8, "monitor/eos_rate": 0.9, "val/ratio_var": None})
-        write_jsonl(logs / "ppo.jsonl", rows)
-    prompts = [("ert-%02d" % i, p, "red_team", None) for i, p in enumerate(RED)] + [("ehp-%02d" % i, p, "helpful", "benign_edgy" if i == 0 else "writing") for i, p in enumerate(HELPFUL)]
+            rows.append(
+                {
+                    "stage": "policy",
+                    "step": s,
+                    "objective/scores": -1 + 0.1 * s,
+                    "objective/kl": 0.01 * s,
+                    "objective/entropy": 60 - s,
+                    "loss/value_avg": 0.5 / s,
+                    "monitor/response_length": 40 + s,
+                    "monitor/distinct_2": 0.8,
+                    "monitor/eos_rate": 0.9,
+                    "val/ratio_var": None,
+                }
+            )
+        write_jsonl(logs / policy_log, rows)
+    prompts = [(f"ert-{i:02d}", p, "red_team", None) for i, p in enumerate(RED)] + [(f"ehp-{i:02d}", p, "helpful", "benign_edgy" if i == 0 else "writing") for i, p in enumerate(HELPFUL)]
     generations = {}
     for model in MODELS:
         rows = [{"id": pid, "prompt": text, "kind": kind, "category": cat, "model": model, "response": response(model, kind, i)} for i, (pid, text, kind, cat) in enumerate(prompts)]
@@ -59,8 +70,17 @@ def fabricate(run: Path, *, with_ppo: bool = True) -> dict:
     for r in generations["base"]:
         for a, b in (("base", "sl"), ("base", "rl"), ("sl", "rl")):
             p = 1 / (1 + math.exp(strength[b] - strength[a]))
-            judgements.append({"id": f"{r['id']}|{a}|{b}", "kind": r["kind"], "model_a": a, "model_b": b, "p_a": p, "identical": False,
-                               "votes": [{"principle_id": "x", "first": 1, "p_a": min(1.0, p + 0.1)}, {"principle_id": "x", "first": 2, "p_a": max(0.0, 0.9 - p)}]})
+            judgements.append(
+                {
+                    "id": f"{r['id']}|{a}|{b}",
+                    "kind": r["kind"],
+                    "model_a": a,
+                    "model_b": b,
+                    "p_a": p,
+                    "identical": False,
+                    "votes": [{"principle_id": "x", "first": 1, "p_a": min(1.0, p + 0.1)}, {"principle_id": "x", "first": 2, "p_a": max(0.0, 0.9 - p)}],
+                }
+            )
     labels = [{"id": "l1", "prompt": "x", "response": "I can't help with that.", "refusal": True}, {"id": "l2", "prompt": "y", "response": "Sure, here it is.", "refusal": False}]
     summary = summarise(list(MODELS), generations, scores=scores, judgements=judgements, labels=labels, rounds=50, seed=0)
     metrics = {
@@ -109,7 +129,7 @@ def test_report_from_fabricated_run(tmp_path):
     assert "| prompt | base | sl | rl |" in text
     assert "How do I do harmful thing number 0?" in text
     names = {p.name for p in report.plots}
-    assert names == {"training_loss.png", "ppo.png", "reward_scores.png", "elo.png", "refusal.png"}
+    assert names == {"training_loss.png", "policy.png", "reward_scores.png", "elo.png", "refusal.png"}
     for plot in report.plots:
         width, height = png_size(plot)
         assert width >= 400 and height >= 300, (plot, width, height)
@@ -117,14 +137,23 @@ def test_report_from_fabricated_run(tmp_path):
         assert f"]({plot.name})" in text
 
 
+def test_report_reads_the_policy_log_of_a_run_made_before_the_rename(tmp_path):
+    """Runs from before the `ppo` stage became `policy` wrote logs/ppo.jsonl; the report still draws it."""
+    run = tmp_path / "run"
+    fabricate(run, policy_log="ppo.jsonl")
+    report = build_report(run)
+    assert (run / "report" / "policy.png").is_file()
+    assert not any(m.what == "logs/policy.jsonl" for m in report.missing)
+
+
 def test_report_without_ppo_logs_says_what_is_missing(tmp_path):
     run = tmp_path / "run"
     fabricate(run, with_ppo=False)
     report = build_report(run)
     text = report.path.read_text()
-    assert Missing("logs/ppo.jsonl", "stage ppo of cai/rl.py", "the policy-optimisation plot (reward, KL, entropy)") in report.missing
-    assert "## Missing" in text and "logs/ppo.jsonl" in text.split("## Missing")[1] and "stage ppo" in text
-    assert not (run / "report" / "ppo.png").exists()
+    assert Missing("logs/policy.jsonl", "stage policy of cai/rl.py", "the policy-optimisation plot (reward, KL, entropy)") in report.missing
+    assert "## Missing" in text and "logs/policy.jsonl" in text.split("## Missing")[1] and "stage policy" in text
+    assert not (run / "report" / "policy.png").exists()
     assert (run / "report" / "elo.png").is_file() and "## Headline" in text
 
 
@@ -191,7 +220,7 @@ def test_report_builds_without_torch(tmp_path):
     """`python -m cai report` must stay fast: the report path never imports torch."""
     run = tmp_path / "run"
     fabricate(run)
-    code = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; from cai.report import build_report; print(len(build_report(sys.argv[1]).plots))"
+    code = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; from cai.evaluation.report import build_report; print(len(build_report(sys.argv[1]).plots))"
     result = subprocess.run([sys.executable, "-c", code, str(run)], cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
@@ -199,6 +228,6 @@ def test_report_builds_without_torch(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [("a|b\nc", "a\\|b<br>c"), ("", "*(empty)*"), ("x" * 10, "xxxx...")])
 def test_table_cells_are_escaped_and_cut(text, expected):
-    from cai.report import cell
+    from cai.evaluation.report import cell
 
     assert cell(text, 7 if len(text) == 10 else None) == expected

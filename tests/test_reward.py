@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA, ROOT, launch
+from helpers import assert_one_line, run_script
 
 from cai.errors import CaiError
-from cai.reward import (
+from cai.reward.model import (
     Comparison,
     build_reward_trainer,
     check_same_tokenizer,
@@ -25,7 +24,6 @@ from cai.reward import (
     split_held_out,
     tokenize_comparisons,
 )
-from conftest import DATA, ROOT, launch
 
 EXAMPLES = ROOT / "examples" / "helpful_preferences.jsonl"
 
@@ -45,20 +43,22 @@ def preference_records(count: int = 24) -> list[dict]:
         p = 0.6 + 0.3 * (i % 4) / 3
         if i % 3 == 2:
             good, bad, p = bad, good, 1.0 - p
-        records.append({
-            "id": f"pair-{i}",
-            "prompt": [{"role": "user", "content": f"Question number {i} about topic {i * 7}?"}],
-            "chosen": [{"role": "assistant", "content": good}],
-            "rejected": [{"role": "assistant", "content": bad}],
-            "p_chosen": p,
-            "principle_ids": ["less-harmful"],
-            "votes": 1,
-        })
+        records.append(
+            {
+                "id": f"pair-{i}",
+                "prompt": [{"role": "user", "content": f"Question number {i} about topic {i * 7}?"}],
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+                "p_chosen": p,
+                "principle_ids": ["less-harmful"],
+                "votes": 1,
+            }
+        )
     return records
 
 
 def comparisons(records: list[dict]) -> list[Comparison]:
-    from cai.reward import comparison_from_record
+    from cai.reward.model import comparison_from_record
 
     return [orient(comparison_from_record(r, where=r["id"], source="ai")) for r in records]
 
@@ -87,7 +87,7 @@ def reward_model(model_dir: Path, tokenizer, seed: int = 0):
     from transformers import set_seed
 
     from cai import models
-    from cai.reward import load_reward_base
+    from cai.reward.model import load_reward_base
 
     set_seed(seed)
     model = load_reward_base(models.resolve(str(model_dir)), dtype=torch.float32, setting="model")
@@ -146,8 +146,10 @@ def test_helpful_preferences_plain_and_conversational(tmp_path):
     assert len(shipped) == 40 and {c.p_chosen for c in shipped} == {1.0} and {c.source for c in shipped} == {"helpful"}
     path = tmp_path / "reward_mixed.jsonl"
     path.write_text(
-        json.dumps({"id": "a", "prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n\n"
-        + json.dumps({"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "No."}]}) + "\n"
+        json.dumps({"id": "a", "prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."})
+        + "\n\n"
+        + json.dumps({"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "No."}]})
+        + "\n"
     )
     first, second = read_helpful_preferences(path)
     assert (first.prompt, first.chosen, first.rejected) == ("Hi?", "Hello!", "Go away.")
@@ -173,7 +175,7 @@ def test_lora_adapter_sl_model_becomes_a_reward_base(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from cai import models
-    from cai.reward import load_reward_base
+    from cai.reward.model import load_reward_base
 
     adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")
@@ -192,7 +194,7 @@ def test_soft_loss_is_trl_loss_at_p1_and_p_reaches_the_loss(tiny_model_dir, tmp_
     import torch
     from datasets import Dataset
 
-    from cai.preference_math import soft_preference_loss
+    from cai.feedback.preference_math import soft_preference_loss
 
     tokenizer = tiny_tokenizer(tiny_model_dir)
     items = comparisons(preference_records(8))
@@ -233,7 +235,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     from accelerate import Accelerator
     from datasets import Dataset
 
-    from cai.reward import save_reward_model
+    from cai.reward.model import save_reward_model
 
     root = tmp_path_factory.mktemp("reward")
     tokenizer = tiny_tokenizer(tiny_model_dir)
@@ -357,30 +359,16 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(run / "reward_model")
     assert model.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
 
-    again = run_rl(*rl_args(run))
+    again = run_script("rl.py", *rl_args(run))
     assert again.returncode == 0 and "reward: already done" in again.stdout
 
 
 # ---------------------------------------------------------------- user errors: one line, exit 2
 
 
-def run_rl(*args: str):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "cai" / "rl.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line(result, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith("cai: error: ") and "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_missing_sl_model(tmp_path):
     run = prepare_run(tmp_path / "run", None, preference_records(4))
-    assert_one_line(run_rl(*rl_args(run)), f"model: {run / 'sl_model'} not found; run SL-CAI first")
+    assert_one_line(run_script("rl.py", *rl_args(run)), f"model: {run / 'sl_model'} not found; run SL-CAI first")
 
 
 def test_reward_model_with_another_tokenizer(tiny_model_dir, tmp_path):
@@ -390,16 +378,16 @@ def test_reward_model_with_another_tokenizer(tiny_model_dir, tmp_path):
     tokenizer = tiny_tokenizer(tiny_model_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|reward|>"]})
     tokenizer.save_pretrained(other)
-    assert_one_line(run_rl(*rl_args(run, f"reward.model={other}")), f"reward.model: {other} has a different tokenizer from the policy", "vocabulary sizes 49152 vs 49153")
+    assert_one_line(run_script("rl.py", *rl_args(run, f"reward.model={other}")), f"reward.model: {other} has a different tokenizer from the policy", "vocabulary sizes 49152 vs 49153")
 
 
 def test_helpful_preferences_missing_column(tiny_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", tiny_model_dir, preference_records(4))
     path = tmp_path / "reward_bad.jsonl"
     path.write_text(json.dumps({"id": "a", "prompt": "p", "chosen": "c", "rejected": "r"}) + "\n" + json.dumps({"id": "b", "prompt": "p", "chosen": "c"}) + "\n")
-    assert_one_line(run_rl(*rl_args(run, f"reward.helpful_preferences={path}")), f"{path}:2: missing column 'rejected'")
+    assert_one_line(run_script("rl.py", *rl_args(run, f"reward.helpful_preferences={path}")), f"{path}:2: missing column 'rejected'")
 
 
 def test_empty_preference_set(tiny_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", tiny_model_dir, [])
-    assert_one_line(run_rl(*rl_args(run)), f"{run / 'preferences'}: holds no preferences")
+    assert_one_line(run_script("rl.py", *rl_args(run)), f"{run / 'preferences'}: holds no preferences")

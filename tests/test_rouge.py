@@ -1,4 +1,4 @@
-"""cai.rouge against the reference `rouge_score` implementation, on hand-made and seeded random texts."""
+"""cai.self_instruct.rouge against the reference `rouge_score` implementation, on hand-made and seeded random texts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from rouge_score import tokenize as reference_tokenize
 
 from cai.errors import CaiError
-from cai.rouge import RougeIndex, max_similarities, rouge_l, tokenize
+from cai.self_instruct.rouge import RougeIndex, max_similarities, rouge_l, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 WORDS = ["how", "do", "I", "make", "a", "the", "bomb", "Cake", "steal", "car", "42", "x2", "fast"]

@@ -62,3 +62,17 @@ def test_chunked():
     assert chunked([1, 2, 3], 2) == [[1, 2], [3]]
     with pytest.raises(CaiError):
         chunked([1], 0)
+
+
+def test_manifest_of_a_run_from_before_the_policy_rename_is_read(tmp_path):
+    """Runs made when the policy stage was called `ppo`: its status is read, and carried over on the next mark."""
+    import json
+
+    from cai.run_store import RunStore
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"ppo": {"status": "done", "steps": 4}}}))
+    store = RunStore(tmp_path)
+    assert store.stage_done("policy") and store.stage_info("policy")["steps"] == 4
+    store.mark_stage("policy", "running")
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert "ppo" not in stages and stages["policy"]["status"] == "running" and stages["policy"]["steps"] == 4

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-from conftest import DATA, ROOT, launch
+from conftest import DATA, launch
+from helpers import kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -102,14 +97,8 @@ def test_lora_run_saves_a_merged_model(tiny_model_dir, tmp_path):
 def test_killed_generation_resumes_without_loss_or_duplicates(tiny_model_dir, tmp_path):
     output = tmp_path / "killed"
     args = tiny_args(tiny_model_dir, output, "stages=generate", "sl.chunk_size=1", "generation.max_new_tokens=96", "generation.batch_size=1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "cai" / "sl.py"), *args]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first_shard = output / "sl_data" / "shard-00000.jsonl"
-    deadline = time.time() + 120
-    while not first_shard.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when("sl.py", args, first_shard, timeout=120)
     written = sorted(p.name for p in (output / "sl_data").glob("shard-*.jsonl"))
     assert 1 <= len(written) < 15, f"kill landed outside the stage ({len(written)} shards)"
     before = {name: (output / "sl_data" / name).read_text() for name in written}

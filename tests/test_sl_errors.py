@@ -10,23 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import DATA, ROOT
-
-
-def run_sl(*args: str, cwd: Path = ROOT):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "cai" / "sl.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line(result, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cai: error: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import accelerate_command, assert_one_line, run_script
 
 
 def base_args(tmp_path: Path, model: Path | str) -> list[str]:
@@ -44,11 +29,11 @@ def base_args(tmp_path: Path, model: Path | str) -> list[str]:
 def test_malformed_yaml(tmp_path):
     config = tmp_path / "sl.yaml"
     config.write_text("output_dir: runs/x\nsl: {revision_rounds: 2\n")
-    assert_one_line(run_sl("--config", str(config)), str(config), "malformed YAML")
+    assert_one_line(run_script("sl.py", "--config", str(config)), str(config), "malformed YAML")
 
 
 def test_unknown_config_key(tmp_path):
-    assert_one_line(run_sl("sl.revison_rounds=2"), "unknown key 'sl.revison_rounds'", "did you mean 'revision_rounds'")
+    assert_one_line(run_script("sl.py", "sl.revison_rounds=2"), "unknown key 'sl.revison_rounds'", "did you mean 'revision_rounds'")
 
 
 def test_constitution_missing_field(tmp_path, tiny_model_dir):
@@ -56,7 +41,7 @@ def test_constitution_missing_field(tmp_path, tiny_model_dir):
     del data["critiques"][1]["revision_request"]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), f"constitution={path}"), str(path), "critiques[1] (id 'honesty'): missing field 'revision_request'")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), f"constitution={path}"), str(path), "critiques[1] (id 'honesty'): missing field 'revision_request'")
 
 
 def test_duplicate_principle_ids(tmp_path, tiny_model_dir):
@@ -64,39 +49,38 @@ def test_duplicate_principle_ids(tmp_path, tiny_model_dir):
     data["preferences"][1]["id"] = data["preferences"][0]["id"]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), f"constitution={path}"), "duplicate id 'less-harmful'")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), f"constitution={path}"), "duplicate id 'less-harmful'")
 
 
 def test_missing_prompt_file(tmp_path, tiny_model_dir):
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), "prompts.red_team=nowhere/prompts.jsonl"), "prompts.red_team", "nowhere/prompts.jsonl not found")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), "prompts.red_team=nowhere/prompts.jsonl"), "prompts.red_team", "nowhere/prompts.jsonl not found")
 
 
 def test_empty_prompt_set(tmp_path, tiny_model_dir):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), f"prompts.red_team={empty}"), "holds no prompts")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), f"prompts.red_team={empty}"), "holds no prompts")
 
 
 def test_unknown_model_reference(tmp_path):
-    assert_one_line(run_sl(*base_args(tmp_path, "./no/such/model")), "model: ./no/such/model not found")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, "./no/such/model")), "model: ./no/such/model not found")
 
 
 def test_unknown_hub_model_offline(tmp_path):
-    assert_one_line(run_sl(*base_args(tmp_path, "nobody/no-such-model")), "model nobody/no-such-model: cannot load")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, "nobody/no-such-model")), "model nobody/no-such-model: cannot load")
 
 
 def test_output_dir_made_with_another_constitution(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"constitution": {"name": "other", "hash": "abc"}, "stages": {}}))
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir)), "holds a run made with constitution 'other'", "use a new output_dir")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir)), "holds a run made with constitution 'other'", "use a new output_dir")
 
 
 def test_accelerate_launch_shows_our_line(tmp_path):
     """Under `accelerate launch` the launcher adds its own report; our line is still first and exact."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "cai" / "sl.py"), "sl.revison_rounds=2"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command, env = accelerate_command(str(ROOT / "cai" / "sl.py"), "sl.revison_rounds=2", quiet=True)
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "cai: error: defaults: unknown key 'sl.revison_rounds'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -110,11 +94,11 @@ def test_vllm_backend_without_vllm_installed(tmp_path, tiny_model_dir):
         pass
     else:
         pytest.skip("vllm is installed here")
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), "generation.backend=vllm"), "generation.backend: 'vllm' is selected but vllm is not installed")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), "generation.backend=vllm"), "generation.backend: 'vllm' is selected but vllm is not installed")
 
 
 def test_unknown_generation_backend(tmp_path, tiny_model_dir):
-    assert_one_line(run_sl(*base_args(tmp_path, tiny_model_dir), "generation.backend=tgi"), "generation.backend: unknown choice 'tgi'; valid choices: transformers, vllm")
+    assert_one_line(run_script("sl.py", *base_args(tmp_path, tiny_model_dir), "generation.backend=tgi"), "generation.backend: unknown choice 'tgi'; valid choices: transformers, vllm")
 
 
 def test_validate_command_reports_ok_and_errors(tmp_path):

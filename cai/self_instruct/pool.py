@@ -25,21 +25,28 @@ the shards at the end.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
+import typing
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cai.config import PromptsRunConfig, SelfInstructConfig, check_choice
+from cai import layout
+from cai.config import (
+    PoolKind,
+    PromptsRunConfig,
+    RequestFormat,
+    SelfInstructConfig,
+    check_choice,
+)
 from cai.errors import CaiError
+from cai.fingerprint import fingerprint
 from cai.prompt_sources import read_jsonl
-from cai.rouge import RougeIndex, max_similarities
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs
-from cai.self_instruct import (
+from cai.self_instruct.filters import (
     CATEGORY_KEYWORDS,
     DEFAULT_BLOCKLIST,
     FILTER_ORDER,
@@ -53,14 +60,14 @@ from cai.self_instruct import (
     parse_candidates,
     sample_fewshot,
 )
+from cai.self_instruct.rouge import RougeIndex, max_similarities
 
-ROUNDS_DIR = "pool_rounds"
-POOL_FILES = {"red_team": "pool.jsonl", "helpful": "helpful_pool.jsonl"}
+ROUNDS_DIR = layout.ROUNDS
+POOL_FILES = layout.POOL_FILES
 ID_PREFIXES = {"red_team": "rt-gen", "helpful": "hp-gen"}
-KIND_CHOICES = ("red_team", "helpful", "both")
-REQUEST_FORMATS = ("chat", "completion")
+KIND_CHOICES = typing.get_args(PoolKind)
+REQUEST_FORMATS = typing.get_args(RequestFormat)
 # stage -> the outputs it owns (set aside, never deleted, when the stage is forced)
-STAGES = {"grow": [ROUNDS_DIR, *POOL_FILES.values()]}
 # Counted per round, in the order a candidate meets them; the first two act before `filter_candidates`.
 COUNT_ORDER = ("truncated", "over_limit", *FILTER_ORDER)
 # A candidate removed by one of these was not a well-formed request at all.
@@ -183,7 +190,7 @@ def pool_fingerprint(config: PromptsRunConfig, seeds: dict[str, list[dict[str, A
     for name in ("target_new", "max_rounds", "max_empty_rounds", "num_workers", "show_examples", "seed_red_team", "seed_helpful"):
         settings.pop(name)
     payload = {"model": config.model, "seed": config.seed, "settings": settings, "seeds": seeds}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return fingerprint(payload, sort_keys=True)
 
 
 def category_keywords(settings: SelfInstructConfig) -> dict[str, list[str]]:
@@ -374,10 +381,7 @@ def grow(
             )
         on_round(round_number, records, counts)
         removed = ", ".join(f"{name} {counts[name]}" for name in COUNT_ORDER if counts[name]) or "none"
-        log(
-            f"{state.kind} round {round_number}: {len(requests)} requests, {counts['candidates']} candidates, "
-            f"{len(records)} kept (removed: {removed}); {state.generated}/{settings.target_new} new, {counts['seconds']}s"
-        )
+        log(f"{state.kind} round {round_number}: {len(requests)} requests, {counts['candidates']} candidates, {len(records)} kept (removed: {removed}); {state.generated}/{settings.target_new} new, {counts['seconds']}s")
         empty_streak = empty_streak + 1 if not records else 0
         round_number += 1
 
@@ -509,4 +513,3 @@ def report(state: KindPool, summary: dict[str, Any], path: Path, show: int) -> N
     for record in generated[::step][:show]:
         tag = f"[{record['category']}] " if record["category"] else ""
         print(f"  r{record['round']} {tag}{record['prompt']}")
-

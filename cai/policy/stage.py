@@ -1,9 +1,9 @@
-"""The `ppo` stage: optimise the SL policy against the constitution's reward model.
+"""The `policy` stage (called `ppo` before it ran other algorithms): optimise the SL policy against the constitution's reward model.
 
 `rl.algorithm` picks the optimiser: `ppo` (the paper's method, trl's experimental
-PPOTrainer; see cai/ppo_training.py), or trl's maintained `dpo`, `grpo` and `rloo` (see
-cai/rl_alternatives.py). Whatever the choice, the stage writes `rl_model/` (policy +
-tokenizer), `logs/ppo.jsonl`, and a manifest entry with the algorithm, the key metrics and
+PPOTrainer; see cai/policy/ppo.py), or trl's maintained `dpo`, `grpo` and `rloo` (see
+cai/policy/alternatives.py). Whatever the choice, the stage writes `rl_model/` (policy +
+tokenizer), `logs/policy.jsonl`, and a manifest entry with the algorithm, the key metrics and
 the mean reward of greedy responses on a fixed prompt subset before and after training.
 
 Departures from the paper, and why: the paper mixes in human helpfulness prompts; here they
@@ -21,30 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from cai import models
+from cai import layout, models
 from cai.chat_format import prompt_ids, prompt_text, scored_ids
-from cai.config import RLRunConfig, check_choice
+from cai.config import RLRunConfig
 from cai.errors import CaiError
-from cai.rl_stages import PREFERENCES, REWARD_MODEL, RL_MODEL, policy_reference
+from cai.layout import PREFERENCES, REWARD_MODEL, RL_MODEL, policy_reference
 from cai.run_store import RunStore
-from cai.sl_stages import select_prompts
-from cai.training import fresh_staging, jsonl_log_callback, last_checkpoint, replace_directory
+from cai.supervised.stages import select_prompts
+from cai.training import (
+    fresh_staging,
+    jsonl_log_callback,
+    last_checkpoint,
+    replace_directory,
+)
 
-ALGORITHMS = {
-    "ppo": "PPO against the reward model (the paper's method)",
-    "dpo": "DPO on the AI-labelled pairs in preferences/ (offline)",
-    "grpo": "GRPO, rl.num_generations samples per prompt scored by the reward model",
-    "rloo": "RLOO, rl.num_generations samples per prompt scored by the reward model",
-}
 NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
 EVAL_PROMPTS = 16  # the fixed subset (first prompts of the seeded selection) scored before and after
-CHECKPOINTS = Path("checkpoints") / "ppo"
-LOG = Path("logs") / "ppo.jsonl"
+STAGE = "policy"
 RUN_SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
-
-
-def check_algorithm(config: RLRunConfig) -> str:
-    return check_choice(config.rl.algorithm, ALGORITHMS, "rl.algorithm")
 
 
 def reward_model_ref(store: RunStore, algorithm: str, *, required: bool) -> models.ModelRef | None:
@@ -53,36 +47,30 @@ def reward_model_ref(store: RunStore, algorithm: str, *, required: bool) -> mode
     if store.stage_done("reward") and path.is_dir():
         return models.resolve(str(path), setting="reward_model")
     if required:
-        raise CaiError(
-            f"{path}: no trained reward model (stage 'reward' has not finished); rl.algorithm={algorithm} scores "
-            "the policy with it, so run stages=reward first (e.g. stages=reward,ppo)"
-        )
+        raise CaiError(f"{path}: no trained reward model (stage 'reward' has not finished); rl.algorithm={algorithm} scores the policy with it, so run stages=reward first (e.g. stages=reward,policy)")
     return None
 
 
 def check_resumable(store: RunStore, checkpoints: Path, fingerprint: str) -> None:
     """Checkpoints of another algorithm (or LoRA setting) cannot be resumed by this one."""
-    started = store.stage_info("ppo").get("run")
+    started = store.stage_info(STAGE).get("run")
     if started and started != fingerprint and any(checkpoints.glob("checkpoint-*")):
-        raise CaiError(
-            f"{checkpoints}: holds checkpoints of an unfinished {started} run, not {fingerprint}; "
-            "set force=true to start the ppo stage over (the old ones are kept aside), or use the earlier settings"
-        )
+        raise CaiError(f"{checkpoints}: holds checkpoints of an unfinished {started} run, not {fingerprint}; set force=true to start the policy stage over (the old ones are kept aside), or use the earlier settings")
 
 
 def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     """Train the policy with `rl.algorithm`, report mean reward before and after, save `rl_model/`."""
     from transformers import set_seed
 
-    from cai.reward import check_padding, check_same_tokenizer
+    from cai.reward.model import check_padding, check_same_tokenizer
 
-    algorithm = check_algorithm(config)
+    algorithm = config.rl.algorithm  # one of config.Algorithm, checked at load
     reward_ref = reward_model_ref(store, algorithm, required=algorithm in NEEDS_REWARD_MODEL)
     pairs: list[dict[str, Any]] = []
     if algorithm == "dpo":
-        from cai.rl_alternatives import dpo_records
+        from cai.policy.alternatives import dpo_records
 
-        records = store.require_stage("label", needed_by="ppo", records=PREFERENCES)
+        records = store.require_stage("label", needed_by=STAGE, records=PREFERENCES)
         pairs, _ = dpo_records(records, where=str(store.stage_dir(PREFERENCES)))
     policy_ref = models.resolve(policy_reference(config), setting="model")
     tokenizer = models.load_tokenizer(policy_ref, padding_side="left")
@@ -90,31 +78,40 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     if reward_ref is not None:
         check_same_tokenizer(tokenizer, models.load_tokenizer(reward_ref), policy_name=policy_ref.name, reward_name=reward_ref.name, setting="reward_model")
     if config.lora.enabled and not config.lora.merge and policy_ref.is_adapter:
-        raise CaiError(
-            f"lora.merge: the SL model {policy_ref.name} is itself a LoRA adapter (merged before RL), so an RL adapter "
-            "saved on its own would sit on the wrong base; set lora.merge=true"
-        )
+        raise CaiError(f"lora.merge: the SL model {policy_ref.name} is itself a LoRA adapter (merged before RL), so an RL adapter saved on its own would sit on the wrong base; set lora.merge=true")
     prompts, queries = usable_prompts(config, tokenizer)
     eval_prompts = prompts[:EVAL_PROMPTS]
-    checkpoints = store.root / CHECKPOINTS
+    checkpoints = layout.existing(store.root, layout.checkpoints(STAGE), STAGE)  # an older run: checkpoints/ppo
     fingerprint = f"{algorithm} (lora={config.lora.enabled})"
     check_resumable(store, checkpoints, fingerprint)
-    store.mark_stage("ppo", "running", algorithm=algorithm, run=fingerprint, prompts=len(prompts))
+    store.mark_stage(STAGE, "running", algorithm=algorithm, run=fingerprint, prompts=len(prompts))
     set_seed(config.seed)
 
-    run = build_run(algorithm, config, accelerator, tokenizer=tokenizer, policy_ref=policy_ref, reward_ref=reward_ref, prompts=prompts, queries=queries, pairs=pairs, checkpoints=checkpoints, callbacks=[jsonl_log_callback(store.root / LOG, stage="ppo")])
+    run = build_run(
+        algorithm,
+        config,
+        accelerator,
+        tokenizer=tokenizer,
+        policy_ref=policy_ref,
+        reward_ref=reward_ref,
+        prompts=prompts,
+        queries=queries,
+        pairs=pairs,
+        checkpoints=checkpoints,
+        callbacks=[jsonl_log_callback(layout.existing(store.root, layout.log(STAGE), STAGE), stage=STAGE)],
+    )
     if run.resume and accelerator.is_main_process:
-        print(f"[rl] ppo: resuming from {run.resume}{run.resume_detail}")
-    before = store.stage_info("ppo").get("reward_before") if run.resume else None
+        print(f"[rl] policy: resuming from {run.resume}{run.resume_detail}")
+    before = store.stage_info(STAGE).get("reward_before") if run.resume else None
     if before is None and run.scorer is not None:
         with run.sl_policy() as sl_model:
             before = mean_reward(sl_model, tokenizer, eval_prompts, run.scorer, config, accelerator)
-    store.mark_stage("ppo", "running", reward_before=before, **run.step0)
+    store.mark_stage(STAGE, "running", reward_before=before, **run.step0)
     if accelerator.is_main_process:
         if run.step0:
-            print(f"[rl] ppo: step-0 check passed (ratio gap {run.step0['step0/ratio_gap']:.1e}, reference gap {run.step0['step0/reference_gap']:.1e}, KL {run.step0['step0/kl']:.1e})")
+            print(f"[rl] policy: step-0 check passed (ratio gap {run.step0['step0/ratio_gap']:.1e}, reference gap {run.step0['step0/reference_gap']:.1e}, KL {run.step0['step0/kl']:.1e})")
         if before is not None:
-            print(f"[rl] ppo: mean reward before training {before:.4f} ({len(eval_prompts)} prompts, greedy)")
+            print(f"[rl] policy: mean reward before training {before:.4f} ({len(eval_prompts)} prompts, greedy)")
 
     run.train()
     trainer = run.trainer
@@ -133,13 +130,13 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         "metrics": metrics,
         **({"pairs": len(pairs)} if algorithm == "dpo" else {}),
     }
-    store.mark_stage("ppo", "done", **summary)
+    store.mark_stage(STAGE, "done", **summary)
     store.update_manifest(lambda m: m.setdefault("models", {}).update({"rl_model": str(store.root / RL_MODEL)}))
     if accelerator.is_main_process:
         if after is not None and before is not None:
-            print(f"[rl] ppo: mean reward after training {after:.4f} (before {before:.4f}, change {after - before:+.4f})")
+            print(f"[rl] policy: mean reward after training {after:.4f} (before {before:.4f}, change {after - before:+.4f})")
         kl = metrics.get("objective/kl", metrics.get("kl"))
-        print(f"[rl] ppo: {algorithm}, {trainer.state.global_step} steps" + (f", KL {kl:.4f}" if kl is not None else "") + f" -> {store.root / RL_MODEL}")
+        print(f"[rl] policy: {algorithm}, {trainer.state.global_step} steps" + (f", KL {kl:.4f}" if kl is not None else "") + f" -> {store.root / RL_MODEL}")
 
 
 @dataclass
@@ -161,8 +158,7 @@ class PolicyRun:
         if self.session is None or self.session.resume is None:
             return ""
         s = self.session
-        return (f" (step {s.resume.step} of {s.total_steps}, {s.remaining_episodes} episodes left; "
-                "policy and value weights restored, optimiser state and LR schedule start afresh)")
+        return f" (step {s.resume.step} of {s.total_steps}, {s.remaining_episodes} episodes left; policy and value weights restored, optimiser state and LR schedule start afresh)"
 
     @contextmanager
     def sl_policy(self) -> Iterator[Any]:
@@ -183,14 +179,26 @@ class PolicyRun:
             self.trainer.train(resume_from_checkpoint=self.resume)
 
 
-def build_run(algorithm: str, config: RLRunConfig, accelerator: Any, *, tokenizer: Any, policy_ref: models.ModelRef, reward_ref: models.ModelRef | None,
-              prompts: list[str], queries: list[list[int]], pairs: list[dict[str, Any]], checkpoints: Path, callbacks: list[Any]) -> PolicyRun:
+def build_run(
+    algorithm: str,
+    config: RLRunConfig,
+    accelerator: Any,
+    *,
+    tokenizer: Any,
+    policy_ref: models.ModelRef,
+    reward_ref: models.ModelRef | None,
+    prompts: list[str],
+    queries: list[list[int]],
+    pairs: list[dict[str, Any]],
+    checkpoints: Path,
+    callbacks: list[Any],
+) -> PolicyRun:
     if algorithm == "ppo":
-        from cai.ppo_training import build_ppo
+        from cai.policy.ppo import build_ppo
 
         session = build_ppo(config, accelerator, tokenizer=tokenizer, policy_ref=policy_ref, reward_ref=reward_ref, query_ids=queries, checkpoints=checkpoints, callbacks=callbacks)
         return PolicyRun(session.trainer, session.reward, session.resume.path if session.resume else None, session, accelerator)
-    from cai.rl_alternatives import build_dpo, build_online
+    from cai.policy.alternatives import build_dpo, build_online
 
     scorer = load_frozen_reward(reward_ref, tokenizer, accelerator) if reward_ref is not None else None
     if algorithm == "dpo":
@@ -208,12 +216,12 @@ def usable_prompts(config: RLRunConfig, tokenizer: Any) -> tuple[list[str], list
     if not kept:
         raise CaiError(f"prompts: every prompt is longer than generation.max_prompt_length={limit} tokens; raise it")
     if len(kept) < len(selected):
-        print(f"[rl] ppo: {len(selected) - len(kept)} prompts longer than generation.max_prompt_length={limit} tokens left out")
+        print(f"[rl] policy: {len(selected) - len(kept)} prompts longer than generation.max_prompt_length={limit} tokens left out")
     return [text for text, _ in kept], [ids for _, ids in kept]
 
 
 def load_frozen_reward(reward_ref: models.ModelRef, tokenizer: Any, accelerator: Any) -> Any:
-    from cai.reward import load_reward_base
+    from cai.reward.model import load_reward_base
 
     model = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model")
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -223,9 +231,9 @@ def load_frozen_reward(reward_ref: models.ModelRef, tokenizer: Any, accelerator:
 def mean_reward(model: Any, tokenizer: Any, prompts: list[str], scorer: Any, config: RLRunConfig, accelerator: Any) -> float:
     """Mean reward of the model's greedy responses, scored on `chat_format.scored_ids`."""
     from cai.generation import TransformersGenerator, generate_sharded
-    from cai.reward import score_sharded
+    from cai.reward.model import score_sharded
 
-    settings = dataclasses.replace(config.generation, backend="transformers", temperature=0.0, max_new_tokens=config.ppo.response_length)
+    settings = dataclasses.replace(config.generation, backend="transformers", temperature=0.0, max_new_tokens=getattr(config, config.rl.algorithm, config.ppo).__dict__.get("response_length", config.ppo.response_length))
     generator = TransformersGenerator(model, tokenizer, settings, seed=config.seed, show_progress=False)
     texts = generate_sharded(generator, [prompt_text(tokenizer, p) for p in prompts], accelerator, desc="reward eval")
     ids = [scored_ids(tokenizer, p, t, max_length=config.training.max_length) for p, t in zip(prompts, texts, strict=True)]

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from cai.refusal import is_refusal
-from cai.rollout_monitors import distinct_n
+from cai.evaluation.refusal import is_refusal
+from cai.policy.monitors import distinct_n
 
 KINDS = ("red_team", "helpful")
 KIND_TITLES = {"red_team": "harmlessness (red-team prompts)", "helpful": "helpfulness (helpful prompts)", "all": "all prompts"}
@@ -170,7 +170,7 @@ def near_duplicates(
     short questions ("What's the difference between X and Y?") share most of their words;
     content words (stop words removed) catch the same request in a new frame.
     """
-    from cai.rouge import RougeIndex
+    from cai.self_instruct.rouge import RougeIndex
 
     index = RougeIndex(pool)
     exact = {normalised(p): p for p in pool}
@@ -205,7 +205,7 @@ def elo_tables(judgements: Sequence[Mapping[str, Any]], *, rounds: int, seed: in
     better)); `identical` marks ties given without asking the judge. Kinds without judgements
     are left out.
     """
-    from cai.elo import bootstrap_elo_intervals, win_rate_matrix
+    from cai.evaluation.elo import bootstrap_elo_intervals, win_rate_matrix
 
     tables: dict[str, Any] = {}
     groups = {kind: [j for j in judgements if j["kind"] == kind] for kind in KINDS}
@@ -232,7 +232,7 @@ def refusal_detector_quality(labels: Sequence[Mapping[str, Any]], predictions: S
     """Precision, recall and F1 of a refusal detector on labelled responses ({"refusal": bool})."""
     from dataclasses import asdict
 
-    from cai.refusal import precision_recall
+    from cai.evaluation.refusal import precision_recall
 
     return asdict(precision_recall(list(predictions), [bool(r["refusal"]) for r in labels]))
 

@@ -1,46 +1,16 @@
-"""The RLAIF `sample` stage, and what every RL stage shares: where the SL model and records live."""
+"""The RLAIF `sample` stage: several responses per prompt from the SL model, the pairs the feedback model labels."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-from cai import models
 from cai.config import RLRunConfig
-from cai.critique import prompt_set_hash
 from cai.errors import CaiError
+from cai.layout import PAIRS, policy_reference
 from cai.run_store import RunStore, check_same_inputs, run_chunked
-from cai.sl_stages import generation_function, select_prompts
-
-PAIRS = "pairs"
-PREFERENCES = "preferences"
-REWARD_MODEL = "reward_model"
-RL_MODEL = "rl_model"
-# stage -> the outputs it owns (set aside, never deleted, when the stage is forced)
-STAGES = {
-    "sample": [PAIRS],
-    "label": [PREFERENCES],
-    "reward": [REWARD_MODEL, "checkpoints/reward", "logs/reward.jsonl"],
-    "ppo": [RL_MODEL, "checkpoints/ppo", "logs/ppo.jsonl"],
-    "eval": ["eval", "report"],
-}
-
-
-def policy_reference(config: RLRunConfig) -> str:
-    """The SL model to start from, with a clear error when the SL run has not produced it."""
-    reference = config.policy_reference()
-    if not config.model and not Path(reference).is_dir():
-        raise CaiError(
-            f"model: {reference} not found; run SL-CAI first (accelerate launch cai/sl.py --config ... "
-            f"output_dir={config.output_dir}) or set model= to an SL model"
-        )
-    return reference
-
-
-def sl_base_reference(config: RLRunConfig, store: RunStore) -> str:
-    """The model the SL run started from (the default feedback model), else the SL model itself."""
-    return store.manifest().get("models", {}).get("policy") or policy_reference(config)
+from cai.supervised.chains import prompt_set_hash
+from cai.supervised.stages import generation_function, select_prompts
 
 
 def run_sample(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
@@ -56,10 +26,7 @@ def run_sample(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     def work(chunk: list[Any]) -> list[dict[str, Any]]:
         conversations = [[{"role": "user", "content": p.prompt}] for p in chunk for _ in range(count)]
         texts = complete(conversations, "sample")
-        return [
-            {"id": p.id, "prompt": p.prompt, "kind": p.kind, "category": p.category, "responses": texts[i * count : (i + 1) * count]}
-            for i, p in enumerate(chunk)
-        ]
+        return [{"id": p.id, "prompt": p.prompt, "kind": p.kind, "category": p.category, "responses": texts[i * count : (i + 1) * count]} for i, p in enumerate(chunk)]
 
     records = run_chunked(store, stage="sample", records_dir=PAIRS, items=prompts, chunk_size=config.sample.chunk_size, work=work, accelerator=accelerator, tag="rl")
     identical = sum(len(set(r["responses"])) < len(r["responses"]) for r in records)

@@ -1,8 +1,8 @@
 """Self-Instruct: grow red-team and helpful prompt pools from seed files, for cai/sl.py and cai/rl.py.
 
-    accelerate launch cai/prompts.py --config configs/prompts.yaml             # grow a pool
-    accelerate launch cai/prompts.py --config configs/demo/prompts.yaml        # embedded model, CPU
-    accelerate launch cai/prompts.py --config configs/demo/prompts.yaml self_instruct.kind=both self_instruct.target_new=50
+    accelerate launch cai/grow.py --config configs/prompts.yaml             # grow a pool
+    accelerate launch cai/grow.py --config configs/demo/prompts.yaml        # embedded model, CPU
+    accelerate launch cai/grow.py --config configs/demo/prompts.yaml self_instruct.kind=both self_instruct.target_new=50
     accelerate launch cai/sl.py --config configs/sl.yaml prompts.red_team=runs/prompts/pool.jsonl prompts.helpful=runs/prompts/helpful_pool.jsonl
 
 Overrides are dotted key=value pairs after --config. Stages: grow. Writes <output_dir>/pool.jsonl
@@ -20,20 +20,17 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 def run(config, accelerator) -> None:
     from cai import models
-    from cai.config import check_stages
     from cai.launch import run_stages
-    from cai.prompt_pool import STAGES, check_settings, load_seeds, run_grow, seed_path, selected_kinds
     from cai.run_store import RunStore
+    from cai.self_instruct.pool import load_seeds, seed_path, selected_kinds
 
-    check_stages(list(config.stages), list(STAGES))
-    check_settings(config.self_instruct)
     for kind in selected_kinds(config.self_instruct):  # seed mistakes before a model is loaded
         load_seeds(seed_path(config.self_instruct, kind), kind=kind, limit=config.self_instruct.seed_limit, seed=config.seed)
     store = RunStore(config.output_dir, is_main=accelerator.is_main_process)
     with accelerator.main_process_first():  # the embedded model is converted once, by one process
         models.resolve(config.model, setting="model")
     store.begin(config, constitution=None, models={"self_instruct": config.model}, script="prompts")
-    run_stages(config, store, accelerator, STAGES, {"grow": lambda: run_grow(config, store, accelerator)}, tag="prompts")
+    run_stages(config, store, accelerator, "grow", tag="prompts")
 
 
 def main(argv: list[str] | None = None) -> int:

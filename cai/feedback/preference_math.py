@@ -48,15 +48,9 @@ def _option_index(option_token_ids: Sequence[Any], vocab_size: int) -> tuple[lis
         for token in raw:
             token = int(token)
             if not 0 <= token < vocab_size:
-                raise CaiError(
-                    f"option_probabilities: token id {token} (option {number}) is outside the vocabulary of size {vocab_size}; "
-                    "take the option ids from the feedback model's own tokenizer"
-                )
+                raise CaiError(f"option_probabilities: token id {token} (option {number}) is outside the vocabulary of size {vocab_size}; take the option ids from the feedback model's own tokenizer")
             if owner.get(token, number) != number:
-                raise CaiError(
-                    f"option_probabilities: token id {token} is listed under options {owner[token]} and {number}; "
-                    "give each option its own token ids (check that the option labels tokenize differently)"
-                )
+                raise CaiError(f"option_probabilities: token id {token} is listed under options {owner[token]} and {number}; give each option its own token ids (check that the option labels tokenize differently)")
             owner[token] = number
             if token not in variants:  # "A" and " A" may be one token in some tokenizers
                 variants.append(token)
@@ -228,4 +222,3 @@ def calibration(p_predicted: Sequence[float] | np.ndarray, outcome: Sequence[int
         accuracy=float(np.mean((p > 0.5) == (y == 1.0))),
         count=int(p.size),
     )
-

@@ -75,7 +75,11 @@ def check_step0(
     """
     import torch
     from transformers import GenerationConfig
-    from trl.experimental.ppo.ppo_trainer import batch_generation, forward, truncate_response
+    from trl.experimental.ppo.ppo_trainer import (
+        batch_generation,
+        forward,
+        truncate_response,
+    )
     from trl.experimental.utils import first_true_indices
     from trl.trainer.utils import selective_log_softmax
 
@@ -84,10 +88,7 @@ def check_step0(
     with as_reference():
         reference_dtype = output_dtype(reference)
     if policy_dtype != reference_dtype:
-        raise CaiError(
-            f"ppo: step-0 check failed: the reference model's dtype ({reference_dtype}) differs from the policy's "
-            f"({policy_dtype}), so ratio and KL start away from 1 and 0; load both with the same dtype"
-        )
+        raise CaiError(f"ppo: step-0 check failed: the reference model's dtype ({reference_dtype}) differs from the policy's ({policy_dtype}), so ratio and KL start away from 1 and 0; load both with the same dtype")
     was_training = policy.training
     policy.train()
     queries = queries.to(next(policy.parameters()).device)

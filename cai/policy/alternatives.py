@@ -21,12 +21,12 @@ from cai import models
 from cai.chat_format import scored_ids
 from cai.config import RLRunConfig
 from cai.errors import CaiError
-from cai.rollout_monitors import rollout_monitors
+from cai.policy.monitors import rollout_monitors
 
 
 def dpo_records(records: list[dict[str, Any]], *, where: str) -> tuple[list[dict[str, Any]], int]:
     """Label-stage records as trl's conversational explicit-prompt rows, oriented; ties dropped."""
-    from cai.reward import comparison_from_record, orient
+    from cai.reward.model import comparison_from_record, orient
 
     rows, ties = [], 0
     for i, record in enumerate(records):
@@ -34,17 +34,19 @@ def dpo_records(records: list[dict[str, Any]], *, where: str) -> tuple[list[dict
         if comparison.p_chosen == 0.5:
             ties += 1
             continue
-        rows.append({
-            "prompt": [{"role": "user", "content": comparison.prompt}],
-            "chosen": [{"role": "assistant", "content": comparison.chosen}],
-            "rejected": [{"role": "assistant", "content": comparison.rejected}],
-        })
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": comparison.prompt}],
+                "chosen": [{"role": "assistant", "content": comparison.chosen}],
+                "rejected": [{"role": "assistant", "content": comparison.rejected}],
+            }
+        )
     return rows, ties
 
 
 def reward_function(reward_model: Any, tokenizer: Any, *, missing_eos_penalty: float | None, max_length: int, batch_size: int) -> Callable[..., list[float]]:
     """A trl reward function scoring each completion on `scored_ids`, minus the penalty when it has no EOS."""
-    from cai.reward import score_ids
+    from cai.reward.model import score_ids
 
     eos = tokenizer.eos_token_id
 
@@ -70,7 +72,7 @@ def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRe
 
     if not rows:
         raise CaiError("preferences: no pair with a winner to train DPO on (all ties or none); check the label stage or use rl.algorithm=ppo")
-    args = trainer_config(DPOConfig, config.training, section="training", output_dir=checkpoints, seed=config.seed, beta=config.rl.beta)
+    args = trainer_config(DPOConfig, config.training, section="training", output_dir=checkpoints, seed=config.seed, beta=config.dpo.beta)
     model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
     models.sync_pad_token(model, tokenizer)
     return DPOTrainer(
@@ -84,31 +86,30 @@ def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRe
 
 
 def build_online(algorithm: str, config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRef, prompts: list[str], reward_model: Any, checkpoints: Path, callbacks: list[Any]) -> Any:
-    """GRPO or RLOO from trl, with `rl.num_generations` samples per prompt scored by the reward model."""
+    """GRPO or RLOO from trl, with `<algorithm>.num_generations` samples per prompt scored by the reward model."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from cai.training import trainer_config
 
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[algorithm]
-    if config.rl.num_generations < 2:
-        raise CaiError(f"rl.num_generations: {algorithm} compares samples of the same prompt, so it needs at least 2, got {config.rl.num_generations}")
+    settings = getattr(config, algorithm)  # grpo.* or rloo.*; at least 2 generations is checked at load
     args = trainer_config(
         config_cls,
         config.training,
         section="training",
         output_dir=checkpoints,
         seed=config.seed,
-        beta=config.ppo.kl_coef,
-        num_generations=config.rl.num_generations,
-        max_completion_length=config.ppo.response_length,
-        temperature=config.ppo.temperature,
+        beta=settings.kl_coef,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.response_length,
+        temperature=settings.temperature,
         top_p=1.0,
         log_completions=False,
     )
     model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
     models.sync_pad_token(model, tokenizer)
-    score = reward_function(reward_model, tokenizer, missing_eos_penalty=config.ppo.missing_eos_penalty, max_length=config.training.max_length, batch_size=config.ppo.local_rollout_forward_batch_size)
+    score = reward_function(reward_model, tokenizer, missing_eos_penalty=settings.missing_eos_penalty, max_length=config.training.max_length, batch_size=settings.reward_batch_size)
     return trainer_cls(
         model=model,
         reward_funcs=score,

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 from cai import models
 from cai.config import RLRunConfig
 from cai.errors import CaiError
-from cai.rollout_monitors import PromptIndex, rollout_monitors
+from cai.policy.monitors import PromptIndex, rollout_monitors
 
 VALUE_STATE = "value_state.safetensors"
 TRAINER_STATE = "trainer_state.json"
@@ -299,8 +299,8 @@ def build_ppo(
     from transformers import DataCollatorWithPadding
     from trl.experimental.ppo import PPOConfig
 
-    from cai.ppo_invariants import check_step0
-    from cai.reward import load_reward_base
+    from cai.policy.invariants import check_step0
+    from cai.reward.model import load_reward_base
     from cai.training import trainer_config
 
     batch = check_batch_settings(config, len(query_ids), accelerator.num_processes)

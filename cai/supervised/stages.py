@@ -6,20 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cai import models
+from cai import layout, models
 from cai.config import GenerationConfig, PromptsConfig, SLRunConfig
 from cai.constitution import Constitution
-from cai.critique import plan_chains, prompt_set_hash, run_chains, sft_examples
 from cai.errors import CaiError
 from cai.generation import build_generator, generate_sharded, render_chat
 from cai.prompt_sources import Prompt, load_prompts
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs, run_chunked
-from cai.training import jsonl_log_callback, last_checkpoint, save_trained, trainer_config
+from cai.supervised.chains import plan_chains, prompt_set_hash, run_chains, sft_examples
+from cai.training import (
+    jsonl_log_callback,
+    last_checkpoint,
+    save_trained,
+    trainer_config,
+)
 
-DATA_STAGE = "sl_data"
-MODEL_DIR = "sl_model"
-# stage -> the outputs it owns (set aside, never deleted, when the stage is forced)
-STAGES = {"generate": [DATA_STAGE], "sft": [MODEL_DIR, "sft_data", "checkpoints/sft", "logs/sft.jsonl"]}
+DATA_STAGE = layout.SL_DATA
+MODEL_DIR = layout.SL_MODEL
 
 
 def select_prompts(prompts: PromptsConfig, seed: int) -> list[Prompt]:
@@ -107,12 +110,12 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
     if not examples:
         raise CaiError(f"{store.stage_dir(DATA_STAGE)}: no usable revisions to fine-tune on; check the generate stage output")
     if accelerator.is_main_process:
-        atomic_write_text(store.root / "sft_data" / "train.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+        atomic_write_text(store.root / layout.SFT_DATA / "train.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
     ref = models.resolve(config.model, setting="model")
     tokenizer = models.load_tokenizer(ref, padding_side="right")
     model = models.load_causal_lm(ref, dtype=models.default_dtype(), trainable=True)
     models.sync_pad_token(model, tokenizer)
-    checkpoints = store.root / "checkpoints" / "sft"
+    checkpoints = store.root / layout.checkpoints("sft")
     args = trainer_config(
         SFTConfig,
         config.sft,
@@ -129,7 +132,7 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
-        callbacks=[jsonl_log_callback(store.root / "logs" / "sft.jsonl", stage="sft")],
+        callbacks=[jsonl_log_callback(store.root / layout.log("sft"), stage="sft")],
     )
     check_completion_masks(trainer.train_dataset, section="sft")
     resume = last_checkpoint(checkpoints)
@@ -139,7 +142,7 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
     result = trainer.train(resume_from_checkpoint=resume)
     save_policy(trainer, tokenizer, store.root / MODEL_DIR, lora=config.lora, accelerator=accelerator)
     store.mark_stage("sft", "done", examples=len(examples), train_loss=result.training_loss, steps=result.global_step, lora=config.lora.enabled)
-    store.update_manifest(lambda m: m.setdefault("models", {}).update({"sl_model": str(store.root / MODEL_DIR)}))
+    store.update_manifest(lambda m: m.setdefault("models", {}).update({layout.SL_MODEL: str(store.root / MODEL_DIR)}))
     if accelerator.is_main_process:
         print(f"[sl] sft: {len(examples)} examples, {result.global_step} steps, loss {result.training_loss:.4f} -> {store.root / MODEL_DIR}")
 

@@ -12,13 +12,13 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from cai.constitution import Constitution, CritiquePrinciple, Demonstration
+from cai.fingerprint import digest
 from cai.prompt_sources import Prompt
 
 Messages = list[dict[str, str]]
@@ -99,7 +99,7 @@ def clean_text(text: str) -> str:
 
 def prompt_set_hash(prompts: list[Prompt]) -> str:
     joined = "\n".join(f"{p.kind}\t{p.id}\t{p.prompt}" for p in prompts)
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+    return digest(joined)
 
 
 @dataclass

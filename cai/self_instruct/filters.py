@@ -12,7 +12,7 @@ Departures from the paper (Wang et al. 2022, arXiv 2212.10560), and why:
   and keyword filters, candidates must read as a request, must not be exact duplicates
   after normalisation, and must not be non-ASCII garbage or degenerate repetition: the
   usual failure modes of small models.
-- ROUGE-L scores come from `cai.rouge` (same values as `rouge-score`, much faster).
+- ROUGE-L scores come from `cai.self_instruct.rouge` (same values as `rouge-score`, much faster).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, Mapping, Sequence
 
 from cai.errors import CaiError
-from cai.rouge import RougeIndex, tokenize
+from cai.self_instruct.rouge import RougeIndex, tokenize
 
 KINDS = ("red_team", "helpful")
 UNKNOWN_CATEGORY = "unknown"
@@ -35,10 +35,7 @@ RED_TEAM_INSTRUCTION = (
     "Write {num_new} new, diverse requests in the same format as the examples, one per line: "
     "a harm category in brackets, then the request. Write only requests, never answers."
 )
-HELPFUL_INSTRUCTION = (
-    "Write {num_new} new, diverse tasks that a user might ask an AI assistant, in the same format as the "
-    "examples, one per line. Write only the tasks, never answers."
-)
+HELPFUL_INSTRUCTION = "Write {num_new} new, diverse tasks that a user might ask an AI assistant, in the same format as the examples, one per line. Write only the tasks, never answers."
 
 # First match wins, so the more specific categories come first ("kill myself" before "kill").
 # Keywords match at the start of a word: "hack" matches "hacking".
@@ -73,9 +70,7 @@ REQUEST_OPENERS = frozenset(
     "please say send get come think teach instruct edit improve fix solve choose pick rank analyze analyse "
     "evaluate predict estimate proofread correct".split()
 )
-REQUEST_OPENER_PAIRS = frozenset(
-    ("i want", "i need", "i'd like", "i would", "i'm looking", "i am looking", "i have", "let's", "let me", "help me")
-)
+REQUEST_OPENER_PAIRS = frozenset(("i want", "i need", "i'd like", "i would", "i'm looking", "i am looking", "i have", "let's", "let me", "help me"))
 
 FILTER_ORDER = ("too_short", "too_long", "garbage", "repetition", "blocklist", "not_request", "duplicate", "rouge")
 
@@ -106,9 +101,7 @@ def _one_line(text: str) -> str:
 # ------------------------------------------------------------------ request
 
 
-def build_fewshot_request(
-    examples: Sequence[Candidate], *, kind: str, num_new: int, first_number: int = 1
-) -> str:
+def build_fewshot_request(examples: Sequence[Candidate], *, kind: str, num_new: int, first_number: int = 1) -> str:
     """The text the model continues: a short instruction, the numbered examples, the next number."""
     where = "self_instruct.build_fewshot_request"
     _check_kind(kind, where)
@@ -146,9 +139,7 @@ def sample_fewshot(pool: Pool, *, num_seed: int, num_generated: int, rng: random
 # ------------------------------------------------------------------ parsing
 
 # Everything after these is another turn or the end of generation.
-END_MARKERS = re.compile(
-    r"<\|im_end\|>|<\|endoftext\|>|</s>|<\|eot_id\|>|<\|end\|>|<\|user\|>|<\|im_start\|>\s*(?:user|system)\b", re.IGNORECASE
-)
+END_MARKERS = re.compile(r"<\|im_end\|>|<\|endoftext\|>|</s>|<\|eot_id\|>|<\|end\|>|<\|user\|>|<\|im_start\|>\s*(?:user|system)\b", re.IGNORECASE)
 SPECIAL_TOKEN = re.compile(r"<\|[^|>\s]{1,30}\|>\s*(?:assistant\b)?", re.IGNORECASE)
 # A line starting like this means the model has moved on from listing requests.
 END_LINE = re.compile(
@@ -161,9 +152,7 @@ NUMBERED = re.compile(r"^(?:(?:prompt|request|task|question|example|instruction)
 BULLET = re.compile(r"^[-*\u2022]\s+(.*)$")
 # A new item after sentence-final punctuation on the same line: "...bread? 5. How do I ...".
 INLINE_NUMBER = re.compile(r"(?<=[?.!:\"\u201d])\s+(?=\d{1,3}[.)]\s)")
-LEAKED_PREFIX = re.compile(
-    r"^(?:(?:new |test )?(?:prompt|request|question|instruction|task|query)|user|human|assistant)\s*\d*\s*:\s*", re.IGNORECASE
-)
+LEAKED_PREFIX = re.compile(r"^(?:(?:new |test )?(?:prompt|request|question|instruction|task|query)|user|human|assistant)\s*\d*\s*:\s*", re.IGNORECASE)
 ROLE_LINE = re.compile(r"^(?:assistant|user|system)$", re.IGNORECASE)
 PREAMBLE = re.compile(
     r"^(?:(?:sure|certainly|of course|okay|ok|absolutely|great)\b[\s,.!]*)?(?:here (?:are|is)|below (?:are|is))\b",
@@ -175,7 +164,7 @@ INSTRUCTION_ECHO = re.compile(
     re.IGNORECASE,
 )
 QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
-DOUBLE_QUOTES = "\"`\u201c\u201d\u00ab\u00bb"
+DOUBLE_QUOTES = '"`\u201c\u201d\u00ab\u00bb'
 BRACKET_TAG_START = re.compile(r"^(?:\[\s*(?:category\s*[:=]\s*)?([^\[\]]{1,40}?)|\(\s*(?:category\s*[:=]\s*)?(\w[\w/-]*(?: [\w/-]+){0,2}))\s*[\])]\s*[:\-\u2013\u2014]?\s*")
 SQUARE_TAG_START = re.compile(r"^\[[^\[\]]{1,40}\]\s*[:\-\u2013\u2014]?\s*")
 SQUARE_TAG_END = re.compile(r"\s*\[\s*(?:category\s*[:=]\s*)?([^\[\]]{1,40}?)\s*\]\s*$")
@@ -424,9 +413,7 @@ STATELESS_FILTERS: tuple[tuple[str, Callable[[str, FilterSettings], bool]], ...]
 )
 
 
-def filter_candidates(
-    candidates: Iterable[Candidate], pool_index: RougeIndex, settings: FilterSettings = FilterSettings()
-) -> tuple[list[Candidate], dict[str, int]]:
+def filter_candidates(candidates: Iterable[Candidate], pool_index: RougeIndex, settings: FilterSettings = FilterSettings()) -> tuple[list[Candidate], dict[str, int]]:
     """Keep candidates that pass every filter; count each rejection under the first filter that fired.
 
     Order (cheap to dear): too_short, too_long, garbage, repetition, blocklist, not_request,

@@ -137,10 +137,7 @@ def _fit_strengths(n_models: int, a: np.ndarray, b: np.ndarray, score: np.ndarra
         edges = [(int(lo), int(hi)) for lo, hi, w in zip(low, high, wins) if w > 0.0]
         edges += [(int(hi), int(lo)) for lo, hi, n, w in zip(low, high, games, wins) if n - w > 0.0]
         if not _strongly_connected(n_models, edges):
-            raise CaiError(
-                "elo: with prior_draws=0 the ratings are infinite or undetermined (a model won or lost every comparison, "
-                "or some models never met); set prior_draws > 0 (e.g. 1) or add comparisons"
-            )
+            raise CaiError("elo: with prior_draws=0 the ratings are infinite or undetermined (a model won or lost every comparison, or some models never met); set prior_draws > 0 (e.g. 1) or add comparisons")
 
     def objective(theta: np.ndarray) -> float:
         d = theta[low] - theta[high]

@@ -38,21 +38,19 @@ Departures from the paper (Bai et al. 2022, sec. 4.1), and why:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import itertools
-import json
 import random
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from cai.config import FeedbackConfig, GenerationConfig, RLRunConfig, check_choice
+from cai.config import Ensemble, FeedbackConfig, GenerationConfig, check_choice
 from cai.constitution import Constitution
 from cai.errors import CaiError
-from cai.run_store import RunStore
 
-ENSEMBLES = ("mean", "logit_mean")
+ENSEMBLES = typing.get_args(Ensemble)
 OPTION_LETTERS = ("A", "B")
 ANSWER_PREFIX = "The answer is: ("
 COT_PREFIX = "Let's think step by step:"
@@ -152,10 +150,7 @@ def option_token_ids(tokenizer: Any) -> list[list[int]]:
     for letter in OPTION_LETTERS:
         full = tokenizer(probe + letter, add_special_tokens=False)["input_ids"]
         if full[: len(base)] != base or len(full) != len(base) + 1:
-            raise CaiError(
-                f"feedback.model: its tokenizer merges the answer prefix {ANSWER_PREFIX!r} with the option letter {letter!r}, "
-                "so the letter cannot be read from one next token; choose another feedback.model"
-            )
+            raise CaiError(f"feedback.model: its tokenizer merges the answer prefix {ANSWER_PREFIX!r} with the option letter {letter!r}, so the letter cannot be read from one next token; choose another feedback.model")
         variants = [full[-1]]
         for spelling in (letter, " " + letter):
             ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
@@ -171,13 +166,13 @@ def option_token_ids(tokenizer: Any) -> list[list[int]]:
 class OptionScorer:
     """P(option A) at the next token, batched with left padding, read at the last position."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int, option_ids: list[list[int]] | None = None):
         if tokenizer.padding_side != "left":
             raise ValueError("scoring needs a left-padded tokenizer (models.load_tokenizer does this)")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
-        self.option_ids = option_token_ids(tokenizer)
+        self.option_ids = option_ids or option_token_ids(tokenizer)  # P(first option) over these; (A)/(B) by default
         self.keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -192,7 +187,7 @@ class OptionScorer:
         """P(A) per sequence; positions count from each row's first real token, as in generation."""
         import torch
 
-        from cai.preference_math import option_probabilities
+        from cai.feedback.preference_math import option_probabilities
 
         padded = self.tokenizer.pad({"input_ids": list(batch)}, return_tensors="pt", padding=True)
         mask = padded["attention_mask"]
@@ -279,7 +274,11 @@ def judge(
     `generation` sets the chain-of-thought decoding (temperature, top_p); its `max_new_tokens` is
     replaced by `settings.cot_max_new_tokens`.
     """
-    from cai.preference_math import clamp_probability, debias_positions, ensemble_principles
+    from cai.feedback.preference_math import (
+        clamp_probability,
+        debias_positions,
+        ensemble_principles,
+    )
 
     check_settings(settings)
     if not comparisons:
@@ -334,10 +333,7 @@ def quoted_budget(tokenizer: Any, constitution: Constitution, settings: Feedback
         overhead += settings.cot_max_new_tokens
     budget = settings.max_length - overhead
     if budget < 48:
-        raise CaiError(
-            f"feedback.max_length: {settings.max_length} tokens leave {max(budget, 0)} for the conversation and responses "
-            f"after the instructions ({overhead} tokens); raise feedback.max_length"
-        )
+        raise CaiError(f"feedback.max_length: {settings.max_length} tokens leave {max(budget, 0)} for the conversation and responses after the instructions ({overhead} tokens); raise feedback.max_length")
     return budget
 
 
@@ -397,113 +393,3 @@ def preference_record(comparison: Comparison, judgement: Judgement) -> dict[str,
         "principle_ids": list(judgement.principle_ids),
         "votes": votes,
     }
-
-
-def chunk_stats(judgements: Sequence[Judgement], kept: Sequence[bool]) -> dict[str, Any]:
-    """What the manifest reports, per chunk, so totals survive a resume without re-scoring."""
-    from cai.preference_math import position_bias
-
-    raw = [v.p_a for j in judgements for v in j.votes]
-    bias = position_bias(raw)
-    return {
-        "comparisons": len(judgements),
-        "kept": int(sum(kept)),
-        "truncated": int(sum(j.truncated for j in judgements)),
-        "votes": bias.count,
-        "first_preferred": bias.first_preferred_share * bias.count,
-        "sum_p_first_shown": bias.mean_p_first * bias.count,
-        "sum_abs_margin": float(sum(abs(j.p_first - 0.5) for j in judgements)),
-    }
-
-
-def run_label(config: RLRunConfig, store: RunStore, accelerator: Any, constitution: Constitution) -> None:
-    """Label every pair from `pairs/` into `preferences/`, chunk by chunk, resumably."""
-    from cai import models
-    from cai.preference_math import drop_near_ties
-    from cai.rl_stages import PAIRS, PREFERENCES, sl_base_reference
-    from cai.run_store import check_same_inputs, chunked, run_chunked
-
-    settings = config.feedback
-    check_settings(settings)
-    pairs = store.require_stage("sample", needed_by="label", records=PAIRS)
-    comparisons, identical = comparisons_from_pairs(pairs)
-    if not comparisons:
-        raise CaiError(f"{store.stage_dir(PAIRS)}: every response pair is identical, nothing to label; raise sample.temperature and rerun sample with force=true")
-    reference = settings.model or sl_base_reference(config, store)
-    check_same_inputs(store, stage="label", records_dir=PREFERENCES, fingerprint=fingerprint(comparisons, reference, config, constitution))
-    if not store.done_shards(PREFERENCES):  # a fresh start: forget counts of an older attempt
-        store.update_manifest(lambda m: m["stages"]["label"].pop("chunk_stats", None))
-    ref = models.resolve(reference, setting="feedback.model" if settings.model else "model")
-    tokenizer = models.load_tokenizer(ref, padding_side="left")
-    model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)
-    models.sync_pad_token(model, tokenizer)
-    chunks = chunked(comparisons, settings.chunk_size)
-    chunk_of = {c.id: n for n, chunk in enumerate(chunks) for c in chunk}
-
-    def work(chunk: list[Comparison]) -> list[dict[str, Any]]:
-        judgements = judge(model, tokenizer, chunk, constitution, settings, accelerator, seed=config.seed, generation=config.generation)
-        kept = drop_near_ties([j.p_first for j in judgements], settings.min_confidence).tolist()
-        stats = chunk_stats(judgements, kept)
-        # written before the shard: a kill in between redoes the chunk and rewrites the same numbers
-        store.update_manifest(lambda m: m["stages"]["label"].setdefault("chunk_stats", {}).update({str(chunk_of[chunk[0].id]): stats}))
-        return [preference_record(c, j) for c, j, keep in zip(chunk, judgements, kept) if keep]
-
-    records = run_chunked(store, stage="label", records_dir=PREFERENCES, items=comparisons, chunk_size=settings.chunk_size, work=work, accelerator=accelerator, tag="rl")
-    if not records:
-        raise CaiError(
-            f"{store.stage_dir(PREFERENCES)}: all {len(comparisons)} labels are within feedback.min_confidence={settings.min_confidence} of 0.5, "
-            "nothing to train on; lower feedback.min_confidence or use a stronger feedback.model, then rerun label with force=true"
-        )
-    if all(r["p_chosen"] == 0.5 for r in records):
-        raise CaiError(
-            f"{store.stage_dir(PREFERENCES)}: every label is exactly 0.5 (the feedback model cannot tell the responses apart), nothing to train on; "
-            "use another feedback.model, or set feedback.min_confidence above 0 to drop ties"
-        )
-    if not accelerator.is_main_process:  # the main process alone reads the counts back and closes the stage
-        return
-    per_chunk = store.stage_info("label").get("chunk_stats", {})
-    totals = {key: sum(per_chunk[str(n)][key] for n in range(len(chunks))) for key in per_chunk["0"]}
-    info = {
-        "comparisons": len(comparisons),
-        "preferences": len(records),
-        "dropped_near_ties": len(comparisons) - len(records),
-        "min_confidence": settings.min_confidence,
-        "identical_pairs_skipped": identical,
-        "truncated": totals["truncated"],
-        "position_bias": {
-            "first_preferred_share": totals["first_preferred"] / totals["votes"],
-            "mean_p_first": totals["sum_p_first_shown"] / totals["votes"],
-            "votes": totals["votes"],
-        },
-        "mean_abs_p_minus_half": totals["sum_abs_margin"] / len(comparisons),
-        "feedback_model": reference,
-        "principles_per_comparison": settings.principles_per_comparison,
-        "ensemble": settings.ensemble,
-        "debias_positions": settings.debias_positions,
-        "chain_of_thought": settings.chain_of_thought,
-    }
-
-    def finish(manifest: dict[str, Any]) -> None:
-        manifest["stages"]["label"].pop("chunk_stats", None)
-        manifest.setdefault("models", {})["feedback_model"] = reference
-
-    store.update_manifest(finish)
-    store.mark_stage("label", "done", **info)
-    bias = info["position_bias"]
-    print(
-        f"[rl] label: {len(records)} preferences from {len(comparisons)} comparisons ({info['dropped_near_ties']} near-ties dropped), "
-        f"mean |p-0.5| {info['mean_abs_p_minus_half']:.3f}, first shown preferred {bias['first_preferred_share']:.0%} "
-        f"before debiasing -> {store.stage_dir(PREFERENCES)}"
-    )
-
-
-def fingerprint(comparisons: Sequence[Comparison], reference: str, config: RLRunConfig, constitution: Constitution) -> str:
-    """What the shards depend on; batch_size is left out so a resume may lower it (e.g. after OOM)."""
-    settings: dict[str, Any] = {k: v for k, v in dataclasses.asdict(config.feedback).items() if k != "batch_size"}
-    if config.feedback.chain_of_thought:
-        settings["decoding"] = dataclasses.asdict(dataclasses.replace(config.generation, batch_size=0))
-    payload = json.dumps(
-        [[dataclasses.astuple(c) for c in comparisons], reference, settings, constitution.content_hash, config.seed],
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

@@ -3,8 +3,8 @@
     python -m cai report runs/demo          # rebuild after any stage; needs no torch, takes seconds
 
 The report reads JSON/JSONL and draws with matplotlib (Agg): `eval/metrics.json` and the
-records under `eval/` (written by cai/evaluation.py), and the training logs `logs/sft.jsonl`,
-`logs/reward.jsonl`, `logs/ppo.jsonl` of this run (and of the run directories of the models
+records under `eval/` (written by cai/evaluation/stage.py), and the training logs `logs/sft.jsonl`,
+`logs/reward.jsonl`, `logs/policy.jsonl` (`logs/ppo.jsonl` in older runs) of this run (and of the run directories of the models
 an `eval` compared). Those JSONL lines are written by `training.jsonl_log_callback` from the
 trainer's `on_log` event; when `training.report_to` includes `tensorboard`, transformers'
 TensorBoard callback receives the very same `logs` dict in the same event, so TensorBoard
@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cai import layout
 from cai.errors import CaiError
 
-REPORT_DIR = "report"
-METRICS = Path("eval") / "metrics.json"
-GENERATIONS = Path("eval") / "generations"
-SCORES = Path("eval") / "scores"
+REPORT_DIR = layout.REPORT
+METRICS = Path(layout.EVAL_METRICS)
+GENERATIONS = Path(layout.EVAL_GENERATIONS)
+SCORES = Path(layout.EVAL_SCORES)
 LOG_STAGES = {
     "sft": "stage sft of cai/sl.py",
     "reward": "stage reward of cai/rl.py",
-    "ppo": "stage ppo of cai/rl.py",
+    "policy": "stage policy of cai/rl.py",
 }
 EVAL_STAGE = "stage eval (accelerate launch cai/rl.py --config ... stages=eval, or python -m cai eval)"
 # Panels of the policy-optimisation plot: title, then the logged keys to try in order (trl's PPO
@@ -94,11 +95,12 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
 
 
 def find_log(run_dir: Path, stage: str, extra_dirs: Sequence[str] = ()) -> Path | None:
-    """logs/<stage>.jsonl of this run, else of a run directory the eval read models from."""
+    """logs/<stage>.jsonl of this run, else of a run directory the eval read models from (older runs: logs/ppo.jsonl)."""
     for directory in [run_dir / "logs", *(Path(d) for d in extra_dirs)]:
-        path = directory / f"{stage}.jsonl"
-        if path.is_file() and path.stat().st_size:
-            return path
+        for name in (stage, *layout.legacy_names(stage)):
+            path = directory / f"{name}.jsonl"
+            if path.is_file() and path.stat().st_size:
+                return path
     return None
 
 
@@ -167,16 +169,18 @@ def headline_table(metrics: dict[str, Any]) -> str:
         score = reward.get(name, {}).get("all")
         refusal = metrics["refusal"][name]["patterns"]
         stats = metrics["responses"][name]["all"]
-        rows.append([
-            name,
-            f"{fmt(score['mean'])} ± {fmt(score['std'])}" if score and score.get("count") else "n/a",
-            elo_cell(elo.get("red_team"), name),
-            elo_cell(elo.get("helpful"), name),
-            pct(refusal.get("refusal_rate")),
-            pct(refusal.get("over_refusal_rate")),
-            fmt(stats["mean_words"], 1),
-            fmt(stats["distinct_2"]),
-        ])
+        rows.append(
+            [
+                name,
+                f"{fmt(score['mean'])} ± {fmt(score['std'])}" if score and score.get("count") else "n/a",
+                elo_cell(elo.get("red_team"), name),
+                elo_cell(elo.get("helpful"), name),
+                pct(refusal.get("refusal_rate")),
+                pct(refusal.get("over_refusal_rate")),
+                fmt(stats["mean_words"], 1),
+                fmt(stats["distinct_2"]),
+            ]
+        )
     return table(header, rows)
 
 
@@ -217,9 +221,9 @@ def plot_policy(entries: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.plot(steps, values, marker="o" if len(values) < 30 else None, markersize=3)
         ax.set_ylabel(key, fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("Policy optimisation (logs/ppo.jsonl)")
+    fig.suptitle("Policy optimisation (logs/policy.jsonl)")
     return _save(fig, path)
 
 
@@ -393,8 +397,7 @@ def refusal_section(metrics: dict[str, Any]) -> list[str]:
         "",
         "Refusal rate: share of red-team prompts the model declines (higher is safer). Over-refusal: share of helpful "
         "prompts it declines (lower is better; `benign edgy` are harmless prompts with alarming words). Detector: "
-        "`cai.refusal.is_refusal` (patterns; its blind spots are listed in that module)"
-        + (", and the feedback model asked whether the response refuses (P(Yes) > 0.5)." if judged else "."),
+        "`cai.refusal.is_refusal` (patterns; its blind spots are listed in that module)" + (", and the feedback model asked whether the response refuses (P(Yes) > 0.5)." if judged else "."),
         "",
         table(header, rows),
         "",
@@ -422,7 +425,9 @@ def responses_section(metrics: dict[str, Any]) -> list[str]:
             s = metrics["responses"][name].get(kind)
             if not s or (kind == "all" and len(metrics["responses"][name]) == 2):
                 continue
-            rows.append([name, KIND_TITLES[kind], s["count"], fmt(s["mean_words"], 1), fmt(s["median_words"], 1), s["max_words"], fmt(s["distinct_1"]), fmt(s["distinct_2"]), pct(s["empty_share"]), pct(s["repeated_share"]), pct(s["looping_share"])])
+            rows.append(
+                [name, KIND_TITLES[kind], s["count"], fmt(s["mean_words"], 1), fmt(s["median_words"], 1), s["max_words"], fmt(s["distinct_1"]), fmt(s["distinct_2"]), pct(s["empty_share"]), pct(s["repeated_share"]), pct(s["looping_share"])]
+            )
     return [
         "## Response length and diversity (reward-hacking checks)",
         "",
@@ -457,7 +462,7 @@ def training_section(logs: dict[str, Path], plots: dict[str, Path]) -> list[str]
     rows = []
     for stage, path in logs.items():
         entries = read_jsonl(path)
-        found = series(entries, ["loss"]) if stage != "ppo" else series(entries, POLICY_PANELS[0][1])
+        found = series(entries, ["loss"]) if stage != "policy" else series(entries, POLICY_PANELS[0][1])
         if found:
             key, steps, values = found
             rows.append([stage, f"`{path}`", key, int(steps[-1]), fmt(values[0]), fmt(values[-1])])
@@ -466,13 +471,12 @@ def training_section(logs: dict[str, Path], plots: dict[str, Path]) -> list[str]
     lines = [
         "## Training curves",
         "",
-        "From the JSONL logs each training stage writes (`logs/<stage>.jsonl`); TensorBoard, when enabled through "
-        "`training.report_to`, records the same logged values.",
+        "From the JSONL logs each training stage writes (`logs/<stage>.jsonl`); TensorBoard, when enabled through `training.report_to`, records the same logged values.",
         "",
         table(["stage", "log", "metric", "last step", "first", "last"], rows),
         "",
     ]
-    for name in ("training_loss", "ppo"):
+    for name in ("training_loss", "policy"):
         if name in plots:
             lines += [f"![{name}]({plots[name].name})", ""]
     return lines
@@ -507,7 +511,7 @@ def build_report(run_dir: str | Path, *, output: str | Path | None = None) -> Re
     for stage, producer in LOG_STAGES.items():
         path = find_log(run_dir, stage, log_dirs)
         if path is None:
-            needed = "the policy-optimisation plot (reward, KL, entropy)" if stage == "ppo" else "the training-loss plot"
+            needed = "the policy-optimisation plot (reward, KL, entropy)" if stage == "policy" else "the training-loss plot"
             missing.append(Missing(f"logs/{stage}.jsonl", producer, needed))
         else:
             logs[stage] = path
@@ -516,8 +520,8 @@ def build_report(run_dir: str | Path, *, output: str | Path | None = None) -> Re
     loss_logs = {s: read_jsonl(logs[s]) for s in ("sft", "reward") if s in logs}
     if loss_logs:
         plots["training_loss"] = plot_losses(loss_logs, out / "training_loss.png")
-    if "ppo" in logs:
-        plots["ppo"] = plot_policy(read_jsonl(logs["ppo"]), out / "ppo.png")
+    if "policy" in logs:
+        plots["policy"] = plot_policy(read_jsonl(logs["policy"]), out / "policy.png")
 
     generations: dict[str, list[dict[str, Any]]] = {}
     body: list[str] = []

@@ -17,9 +17,7 @@ each comparison counted as certain, p_chosen = 1). Departures, and why:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,13 +26,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from cai import models
-from cai.chat_format import response_ids, scored_ids
-from cai.config import RLRunConfig
+from cai.chat_format import scored_ids
 from cai.errors import CaiError
-from cai.preference_math import calibration
-from cai.rl_stages import PREFERENCES, REWARD_MODEL, policy_reference
-from cai.run_store import RunStore
-from cai.training import jsonl_log_callback, last_checkpoint, save_trained, trainer_config
+from cai.feedback.preference_math import calibration
+from cai.training import (
+    save_trained,
+)
 
 COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -64,10 +61,7 @@ def message_text(value: Any, *, role: str, where: str, column: str) -> str:
         message = value[0]
         if message.get("role") == role and isinstance(message.get("content"), str):
             return message["content"]
-    raise CaiError(
-        f"{where}: column {column!r} must be a string or a single {role!r} message "
-        f"([{{\"role\": \"{role}\", \"content\": ...}}]), got {json.dumps(value)[:80]}; multi-turn prompts are not supported"
-    )
+    raise CaiError(f'{where}: column {column!r} must be a string or a single {role!r} message ([{{"role": "{role}", "content": ...}}]), got {json.dumps(value)[:80]}; multi-turn prompts are not supported')
 
 
 def probability(value: Any, *, where: str) -> float:
@@ -98,7 +92,7 @@ def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful
     """Human helpfulness comparisons from JSONL: prompt/chosen/rejected as strings or messages, p_chosen = 1."""
     path = Path(path)
     if not path.is_file():
-        raise CaiError(f"{setting}: {path} not found; point it at a JSONL file of {{\"id\",\"prompt\",\"chosen\",\"rejected\"}} lines")
+        raise CaiError(f'{setting}: {path} not found; point it at a JSONL file of {{"id","prompt","chosen","rejected"}} lines')
     from cai.prompt_sources import read_jsonl
 
     comparisons = []
@@ -169,8 +163,7 @@ def check_padding(tokenizer: Any, *, setting: str) -> None:
     """The score is read at the last non-pad token; if pad were EOS that would be the token before EOS."""
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise CaiError(
-            f"{setting}: the tokenizer has no pad token distinct from EOS ({tokenizer.eos_token!r}), so the reward "
-            "would be read before the EOS; use a model whose vocabulary has a separate pad token (e.g. <|endoftext|> or <pad>)"
+            f"{setting}: the tokenizer has no pad token distinct from EOS ({tokenizer.eos_token!r}), so the reward would be read before the EOS; use a model whose vocabulary has a separate pad token (e.g. <|endoftext|> or <pad>)"
         )
 
 
@@ -226,7 +219,7 @@ def soft_label_classes() -> tuple[type, type]:
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    from cai.preference_math import soft_preference_loss
+    from cai.feedback.preference_math import soft_preference_loss
 
     @dataclass
     class SoftPreferenceCollator(DataCollatorForPreference):
@@ -359,116 +352,3 @@ def held_out_metrics(chosen_scores: Sequence[float], rejected_scores: Sequence[f
 def save_reward_model(trainer: Any, tokenizer: Any, destination: Path, *, accelerator: Any) -> None:
     """Always merged: PPO loads the reward model as a plain classifier, an adapter can't stand in."""
     save_trained(trainer, tokenizer, destination, merge_lora=True, padding_side="right", accelerator=accelerator)
-
-
-# ---------------------------------------------------------------- the stage
-
-
-def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool) -> str:
-    text = json.dumps([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out]])
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
-    """Train the reward model on the preferences (+ helpful file), report held-out quality, save it."""
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import RewardConfig
-
-    settings = config.reward
-    if not 0.0 <= settings.eval_fraction < 1.0:
-        raise CaiError(f"reward.eval_fraction: must be in [0, 1), got {settings.eval_fraction}; 0.1 holds out a tenth")
-    policy = policy_reference(config)
-    records = store.require_stage("label", needed_by="reward", records=PREFERENCES)
-    source_dir = store.stage_dir(PREFERENCES)
-    if not records:
-        raise CaiError(f"{source_dir}: holds no preferences; check the label stage (feedback.min_confidence may drop every comparison) and rerun it with force=true")
-    comparisons = [comparison_from_record(r, where=f"{source_dir} record {r.get('id', i)!r}", source="ai") for i, r in enumerate(records)]
-    if settings.helpful_preferences:
-        comparisons += read_helpful_preferences(settings.helpful_preferences)
-
-    policy_ref = models.resolve(policy, setting="model")
-    tokenizer = models.load_tokenizer(policy_ref, padding_side="right")
-    check_padding(tokenizer, setting="model")
-    base_setting = "reward.model" if settings.model else "model"
-    base_ref = models.resolve(settings.model, setting="reward.model") if settings.model else policy_ref
-    if settings.model:
-        check_same_tokenizer(tokenizer, models.load_tokenizer(base_ref), policy_name=policy_ref.name, reward_name=base_ref.name)
-
-    oriented = [orient(c) for c in comparisons]
-    ties_dropped = 0
-    if not settings.soft_labels:  # a hard label needs a winner
-        ties_dropped = sum(c.p_chosen == 0.5 for c in oriented)
-        oriented = [c for c in oriented if c.p_chosen > 0.5]
-        if not oriented:
-            raise CaiError(f"{source_dir}: every preference is a tie (p_chosen = 0.5), nothing to train on with reward.soft_labels=false; use soft labels")
-    train, held_out = split_held_out(oriented, settings.eval_fraction, config.seed)
-    max_length = settings.training.max_length
-    rows, truncated = tokenize_comparisons(tokenizer, train, max_length=max_length, soft_labels=settings.soft_labels)
-
-    checkpoints = store.root / "checkpoints" / "reward"
-    inputs = fingerprint(train, held_out, settings.soft_labels)
-    resume = last_checkpoint(checkpoints)
-    started = store.stage_info("reward").get("inputs")
-    if resume and started and started != inputs:
-        raise CaiError(f"{checkpoints}: reward training was started on other preferences or settings; set force=true to start over, or use a new output_dir")
-    counts = {"train": len(train), "held_out": len(held_out), "ai": sum(c.source == "ai" for c in comparisons), "helpful": sum(c.source == "helpful" for c in comparisons)}
-    store.mark_stage("reward", "running", inputs=inputs, **counts)
-
-    set_seed(config.seed)  # the score head is freshly initialised
-    model = load_reward_base(base_ref, dtype=models.default_dtype(), setting=base_setting)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    args = trainer_config(RewardConfig, settings.training, section="reward.training", output_dir=checkpoints, seed=config.seed)
-    trainer = build_reward_trainer(
-        model,
-        args,
-        Dataset.from_list(rows),
-        tokenizer,
-        soft_labels=settings.soft_labels,
-        peft_config=models.lora_config(config.lora, task_type="SEQ_CLS") if config.lora.enabled else None,
-        callbacks=[jsonl_log_callback(store.root / "logs" / "reward.jsonl", stage="reward")],
-    )
-    if resume and accelerator.is_main_process:
-        print(f"[rl] reward: resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    metrics = evaluate_held_out(trainer.model, tokenizer, held_out, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
-    save_reward_model(trainer, tokenizer, store.root / REWARD_MODEL, accelerator=accelerator)
-    store.mark_stage(
-        "reward",
-        "done",
-        **counts,
-        soft_labels=settings.soft_labels,
-        ties_dropped=ties_dropped,
-        truncated_prompts=truncated,
-        train_loss=result.training_loss,
-        steps=result.global_step,
-        lora=config.lora.enabled,
-        resumed_from=resume,
-        held_out_metrics=metrics,
-    )
-    store.update_manifest(lambda m: m.setdefault("models", {}).update({"reward_model": str(store.root / REWARD_MODEL)}))
-    if accelerator.is_main_process:
-        quality = "no held-out set (reward.eval_fraction=0)"
-        if metrics:
-            quality = f"held-out accuracy {_fmt(metrics['accuracy'])}, ECE {_fmt(metrics['ece'])}, score-length r {_fmt(metrics['length_correlation'])}"
-        loss = f"loss {result.training_loss:.4f}" + (" (since the resume)" if resume else "")
-        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {quality} -> {store.root / REWARD_MODEL}")
-
-
-def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[Comparison], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
-    """Score every held-out response on the PPO ids and summarise (None without a held-out set)."""
-    if not held_out:
-        return None
-    ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in held_out for text in (c.chosen, c.rejected)]
-    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
-    lengths = [len(response_ids(tokenizer, text)) for c in held_out for text in (c.chosen, c.rejected)]
-    metrics = held_out_metrics(scores[0::2], scores[1::2], [c.p_chosen for c in held_out], lengths[0::2], lengths[1::2])
-    for source in sorted({c.source for c in held_out}):
-        picks = [i for i, c in enumerate(held_out) if c.source == source and c.p_chosen > 0.5]
-        metrics[f"accuracy_{source}"] = float(np.mean([scores[2 * i] > scores[2 * i + 1] for i in picks])) if picks else None
-    return metrics
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

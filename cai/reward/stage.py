@@ -1,0 +1,144 @@
+"""The `reward` stage: a reward model trained on the AI labels, checked on a held-out split.
+
+Loading, scoring and the soft-label trainer are `cai.reward.model`; this module runs the stage.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from cai import layout, models
+from cai.chat_format import response_ids, scored_ids
+from cai.config import RLRunConfig
+from cai.errors import CaiError
+from cai.fingerprint import fingerprint as content_fingerprint
+from cai.layout import PREFERENCES, REWARD_MODEL, policy_reference
+from cai.reward.model import (
+    Comparison,
+    build_reward_trainer,
+    check_padding,
+    check_same_tokenizer,
+    comparison_from_record,
+    held_out_metrics,
+    load_reward_base,
+    orient,
+    read_helpful_preferences,
+    save_reward_model,
+    score_sharded,
+    split_held_out,
+    tokenize_comparisons,
+)
+from cai.run_store import RunStore
+from cai.training import jsonl_log_callback, last_checkpoint, trainer_config
+
+
+def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool) -> str:
+    return content_fingerprint([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out]])
+
+
+def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
+    """Train the reward model on the preferences (+ helpful file), report held-out quality, save it."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import RewardConfig
+
+    settings = config.reward
+    if not 0.0 <= settings.eval_fraction < 1.0:
+        raise CaiError(f"reward.eval_fraction: must be in [0, 1), got {settings.eval_fraction}; 0.1 holds out a tenth")
+    policy = policy_reference(config)
+    records = store.require_stage("label", needed_by="reward", records=PREFERENCES)
+    source_dir = store.stage_dir(PREFERENCES)
+    if not records:
+        raise CaiError(f"{source_dir}: holds no preferences; check the label stage (feedback.min_confidence may drop every comparison) and rerun it with force=true")
+    comparisons = [comparison_from_record(r, where=f"{source_dir} record {r.get('id', i)!r}", source="ai") for i, r in enumerate(records)]
+    if settings.helpful_preferences:
+        comparisons += read_helpful_preferences(settings.helpful_preferences)
+
+    policy_ref = models.resolve(policy, setting="model")
+    tokenizer = models.load_tokenizer(policy_ref, padding_side="right")
+    check_padding(tokenizer, setting="model")
+    base_setting = "reward.model" if settings.model else "model"
+    base_ref = models.resolve(settings.model, setting="reward.model") if settings.model else policy_ref
+    if settings.model:
+        check_same_tokenizer(tokenizer, models.load_tokenizer(base_ref), policy_name=policy_ref.name, reward_name=base_ref.name)
+
+    oriented = [orient(c) for c in comparisons]
+    ties_dropped = 0
+    if not settings.soft_labels:  # a hard label needs a winner
+        ties_dropped = sum(c.p_chosen == 0.5 for c in oriented)
+        oriented = [c for c in oriented if c.p_chosen > 0.5]
+        if not oriented:
+            raise CaiError(f"{source_dir}: every preference is a tie (p_chosen = 0.5), nothing to train on with reward.soft_labels=false; use soft labels")
+    train, held_out = split_held_out(oriented, settings.eval_fraction, config.seed)
+    max_length = settings.training.max_length
+    rows, truncated = tokenize_comparisons(tokenizer, train, max_length=max_length, soft_labels=settings.soft_labels)
+
+    checkpoints = store.root / layout.checkpoints("reward")
+    inputs = fingerprint(train, held_out, settings.soft_labels)
+    resume = last_checkpoint(checkpoints)
+    started = store.stage_info("reward").get("inputs")
+    if resume and started and started != inputs:
+        raise CaiError(f"{checkpoints}: reward training was started on other preferences or settings; set force=true to start over, or use a new output_dir")
+    counts = {"train": len(train), "held_out": len(held_out), "ai": sum(c.source == "ai" for c in comparisons), "helpful": sum(c.source == "helpful" for c in comparisons)}
+    store.mark_stage("reward", "running", inputs=inputs, **counts)
+
+    set_seed(config.seed)  # the score head is freshly initialised
+    model = load_reward_base(base_ref, dtype=models.default_dtype(), setting=base_setting)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = trainer_config(RewardConfig, settings.training, section="reward.training", output_dir=checkpoints, seed=config.seed)
+    trainer = build_reward_trainer(
+        model,
+        args,
+        Dataset.from_list(rows),
+        tokenizer,
+        soft_labels=settings.soft_labels,
+        peft_config=models.lora_config(config.lora, task_type="SEQ_CLS") if config.lora.enabled else None,
+        callbacks=[jsonl_log_callback(store.root / layout.log("reward"), stage="reward")],
+    )
+    if resume and accelerator.is_main_process:
+        print(f"[rl] reward: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    metrics = evaluate_held_out(trainer.model, tokenizer, held_out, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
+    save_reward_model(trainer, tokenizer, store.root / REWARD_MODEL, accelerator=accelerator)
+    store.mark_stage(
+        "reward",
+        "done",
+        **counts,
+        soft_labels=settings.soft_labels,
+        ties_dropped=ties_dropped,
+        truncated_prompts=truncated,
+        train_loss=result.training_loss,
+        steps=result.global_step,
+        lora=config.lora.enabled,
+        resumed_from=resume,
+        held_out_metrics=metrics,
+    )
+    store.update_manifest(lambda m: m.setdefault("models", {}).update({REWARD_MODEL: str(store.root / REWARD_MODEL)}))
+    if accelerator.is_main_process:
+        quality = "no held-out set (reward.eval_fraction=0)"
+        if metrics:
+            quality = f"held-out accuracy {_fmt(metrics['accuracy'])}, ECE {_fmt(metrics['ece'])}, score-length r {_fmt(metrics['length_correlation'])}"
+        loss = f"loss {result.training_loss:.4f}" + (" (since the resume)" if resume else "")
+        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {quality} -> {store.root / REWARD_MODEL}")
+
+
+def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[Comparison], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
+    """Score every held-out response on the PPO ids and summarise (None without a held-out set)."""
+    if not held_out:
+        return None
+    ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in held_out for text in (c.chosen, c.rejected)]
+    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    lengths = [len(response_ids(tokenizer, text)) for c in held_out for text in (c.chosen, c.rejected)]
+    metrics = held_out_metrics(scores[0::2], scores[1::2], [c.p_chosen for c in held_out], lengths[0::2], lengths[1::2])
+    for source in sorted({c.source for c in held_out}):
+        picks = [i for i, c in enumerate(held_out) if c.source == source and c.p_chosen > 0.5]
+        metrics[f"accuracy_{source}"] = float(np.mean([scores[2 * i] > scores[2 * i + 1] for i in picks])) if picks else None
+    return metrics
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
