@@ -7,6 +7,7 @@
         --prompts examples/eval_red_team.jsonl --helpful examples/eval_helpful.jsonl   # -> runs/eval/report
     accelerate launch -m cai eval --models ...             # the same, generation and judging over N processes
     python -m cai report runs/demo                         # rebuild <run>/report/ from files (no torch)
+    python -m cai serve-reward runs/demo/reward_model --port 5000   # POST /get_reward (OpenRLHF's --remote_rm_url)
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     report = commands.add_parser("report", help="rebuild <run_dir>/report/ (report.md and plots) from a run directory")
     report.add_argument("run_dir")
+    from cai.reward.service import add_parser as add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_on_user_error(lambda: run_eval_command(args))
     if args.command == "report":
         return exit_on_user_error(lambda: run_report_command(args.run_dir))
+    if args.command == "serve-reward":
+        return exit_on_user_error(lambda: run_serve_command(args))
     return 2
 
 
@@ -130,6 +136,12 @@ def run_report_command(run_dir: str) -> int:
     from cai.evaluation.report import report_command
 
     return report_command(run_dir)
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    from cai.reward.service import serve_command
+
+    return serve_command(args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,11 @@ def response_ids(tokenizer: Any, response: str) -> list[int]:
 
 def scored_ids(tokenizer: Any, prompt: str, response: str, *, max_length: int | None = None) -> list[int]:
     """prompt + response + EOS; when too long the prompt is cut from the left so the EOS survives."""
-    head, tail = prompt_ids(tokenizer, prompt), response_ids(tokenizer, response)
+    return fit_ids(prompt_ids(tokenizer, prompt), response_ids(tokenizer, response), max_length=max_length)
+
+
+def fit_ids(head: list[int], tail: list[int], *, max_length: int | None) -> list[int]:
+    """head + tail within max_length, cutting the head from the left first (then the tail's start) so the EOS survives."""
     if max_length is not None and len(head) + len(tail) > max_length:
         keep = max(max_length - len(tail), 0)
         head = head[len(head) - keep :] if keep else []

@@ -15,10 +15,9 @@ as they are, and the stage writes the same outputs for them. Departures, and why
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from cai import models
-from cai.chat_format import scored_ids
 from cai.config import RLRunConfig
 from cai.errors import CaiError
 from cai.policy.monitors import rollout_monitors
@@ -45,23 +44,10 @@ def dpo_records(records: list[dict[str, Any]], *, where: str) -> tuple[list[dict
 
 
 def reward_function(reward_model: Any, tokenizer: Any, *, missing_eos_penalty: float | None, max_length: int, batch_size: int) -> Callable[..., list[float]]:
-    """A trl reward function scoring each completion on `scored_ids`, minus the penalty when it has no EOS."""
-    from cai.reward.model import score_ids
+    """cai's reward function for trl (cai/reward/function.py), with the rollout monitors logged through trl's `log_metric`."""
+    from cai.reward.function import ConstitutionalReward
 
-    eos = tokenizer.eos_token_id
-
-    def constitutional_reward(prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]], log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
-        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        ids = [scored_ids(tokenizer, user, text, max_length=max_length) for user, text in zip(users, texts, strict=True)]
-        raw = score_ids(reward_model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
-        ended = [bool(c) and c[-1] == eos for c in completion_ids]
-        if log_metric is not None:
-            for name, value in rollout_monitors(completion_ids, eos, raw).items():
-                log_metric(name, value)
-        return [score - (missing_eos_penalty or 0.0) * (not end) for score, end in zip(raw, ended)]
-
-    return constitutional_reward
+    return ConstitutionalReward(reward_model, tokenizer, missing_eos_penalty=missing_eos_penalty, max_length=max_length, batch_size=batch_size, monitor=rollout_monitors)
 
 
 def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRef, rows: list[dict[str, Any]], checkpoints: Path, callbacks: list[Any]) -> Any:
