@@ -8,6 +8,7 @@
     accelerate launch -m cai eval --models ...             # the same, generation and judging over N processes
     python -m cai report runs/demo                         # rebuild <run>/report/ from files (no torch)
     python -m cai serve-reward runs/demo/reward_model --port 5000   # POST /get_reward (OpenRLHF's --remote_rm_url)
+    python -m cai push runs/demo --repo_id me/cai-demo --dry_run   # write model/dataset cards, list what would be uploaded
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     report = commands.add_parser("report", help="rebuild <run_dir>/report/ (report.md and plots) from a run directory")
     report.add_argument("run_dir")
+    from cai.cards import add_parser as add_push_parser
     from cai.reward.service import add_parser as add_serve_parser
 
     add_serve_parser(commands)
+    add_push_parser(commands)
     return parser
 
 
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_on_user_error(lambda: run_report_command(args.run_dir))
     if args.command == "serve-reward":
         return exit_on_user_error(lambda: run_serve_command(args))
+    if args.command == "push":
+        from cai.cards import push_command
+
+        return exit_on_user_error(lambda: push_command(args))
     return 2
 
 

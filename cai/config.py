@@ -107,6 +107,35 @@ class TrainingConfig:
     extra: dict[str, Any] = setting(doc="any other setting of trl's trainer config, by its trl name", factory=dict)
 
 
+HUB_ARTEFACTS = ("sl_model", "sl_data", "reward_model", "preferences", "rl_model")
+
+
+@dataclass
+class HubConfig:
+    """Pushing artefacts (each folder with its model or dataset card) to the Hugging Face Hub at the end of a launch."""
+
+    push: bool = setting(False, "upload hub.artefacts when the launch ends (huggingface_hub; token from HF_TOKEN or `hf auth login`)")
+    repo_id: str | None = setting(None, "repo prefix user/name: each artefact goes to <repo_id>-<artefact>, e.g. user/name-rl-model")
+    repo_ids: dict[str, str] = setting(doc="artefact -> its own repo id, overriding repo_id (e.g. {rl_model: user/my-model})", factory=dict)
+    private: bool = setting(True, "create the repos private")
+    artefacts: list[str] = setting(doc="what to push: " + ", ".join(HUB_ARTEFACTS), factory=list)
+
+    def problems(self) -> list[str]:
+        """Cross-field checks; names relative to the section (the loader prefixes `hub.`)."""
+        found = []
+        for name in [*self.artefacts, *self.repo_ids]:
+            if name not in HUB_ARTEFACTS:
+                found.append(f"artefacts: unknown artefact {name!r}; valid: {', '.join(HUB_ARTEFACTS)}")
+        for name, repo in {"repo_id": self.repo_id, **{f"repo_ids.{k}": v for k, v in self.repo_ids.items()}}.items():
+            if repo is not None and (not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/"))):
+                found.append(f"{name}: {repo!r} is not a Hub repo id; write user/name")
+        if self.push and not self.repo_id and any(a not in self.repo_ids for a in self.artefacts):
+            found.append("repo_id: hub.push=true needs a repo id; set hub.repo_id=user/name (or hub.repo_ids per artefact)")
+        if self.push and not self.artefacts:
+            found.append("artefacts: hub.push=true with nothing to push; list artefacts, e.g. hub.artefacts=[rl_model]")
+        return found
+
+
 @dataclass
 class RunConfig:
     """What every launch has: where it writes, its constitution, its model, which stages, seed, force.
@@ -155,6 +184,7 @@ class SLRunConfig(RunConfig):
     sl: SLConfig = setting(doc="critique-revision", factory=SLConfig)
     sft: TrainingConfig = setting(doc="supervised fine-tuning", factory=TrainingConfig)
     lora: LoraConfig = setting(doc="LoRA", factory=LoraConfig)
+    hub: HubConfig = setting(doc="pushing sl_model / sl_data to the Hub", factory=lambda: HubConfig(artefacts=["sl_model"]))
 
 
 # ---------------------------------------------------------------- loading
@@ -591,6 +621,7 @@ class RLRunConfig(RunConfig):
     training: TrainingConfig = setting(doc="policy training", factory=lambda: TrainingConfig(learning_rate=1e-6, save_steps=50))
     lora: LoraConfig = setting(doc="LoRA", factory=LoraConfig)
     eval: EvalConfig = setting(doc="the eval stage", factory=EvalConfig)
+    hub: HubConfig = setting(doc="pushing reward_model / rl_model / preferences to the Hub", factory=lambda: HubConfig(artefacts=["reward_model", "rl_model"]))
 
     def policy_reference(self) -> str:
         """The SL model to start from: `model` if set, else this run directory's `sl_model`."""

@@ -63,6 +63,7 @@ def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *,
     With `rerun_done` a finished stage runs again without being reset (`python -m cai eval`:
     every record is on disk, so a rerun only recomputes the summary and the report).
     """
+    from cai import cards
     from cai.stages import pipeline as stages_of
 
     stages = stages_of(pipeline)
@@ -83,3 +84,6 @@ def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *,
             print(f"[{tag}] {stage.name}: running")
         stage.run(config, store, accelerator, constitution)
         accelerator.wait_for_everyone()
+        cards.after_stage(config, store)  # model and dataset cards for what the run now holds (main process)
+    cards.after_launch(config, store, accelerator)  # hub.push
+    accelerator.wait_for_everyone()
