@@ -103,8 +103,41 @@ class TrainingConfig:
     save_steps: int = setting(200, "checkpoint every this many steps", ge=1)
     save_total_limit: int = setting(2, "checkpoints kept (older ones are deleted by the trainer)", ge=1)
     gradient_checkpointing: bool = setting(False, "recompute activations to save memory")
-    report_to: list[str] = setting(doc="trackers for transformers' report_to (e.g. tensorboard)", factory=list)
+    report_to: list[str] = setting(doc="experiment trackers (transformers' report_to): tensorboard, trackio, wandb, mlflow, ...", factory=list)
     extra: dict[str, Any] = setting(doc="any other setting of trl's trainer config, by its trl name", factory=dict)
+
+    def problems(self) -> list[str]:
+        """An unknown or uninstalled tracker fails here, not after the models have loaded."""
+        import importlib.util
+
+        found = []
+        for name in self.report_to:
+            if name in ("none", "all"):
+                continue
+            if name not in TRACKERS:
+                found.append(f"report_to: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
+            elif not any(importlib.util.find_spec(module) for module in TRACKERS[name][1:]):
+                found.append(f"report_to: {name} is not installed; pip install {TRACKERS[name][0]}, or remove it from report_to")
+        return found
+
+
+# transformers' report_to name -> (pip package, importable modules that provide it)
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboard", "tensorboardX"),
+    "trackio": ("trackio", "trackio"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+    "comet_ml": ("comet-ml", "comet_ml"),
+    "clearml": ("clearml", "clearml"),
+    "swanlab": ("swanlab", "swanlab"),
+    "dvclive": ("dvclive", "dvclive"),
+    "neptune": ("neptune", "neptune"),
+    "azure_ml": ("azureml-core", "azureml"),
+    "codecarbon": ("codecarbon", "codecarbon"),
+    "dagshub": ("dagshub", "dagshub"),
+    "flyte": ("flytekit", "flytekit"),
+    "kubeflow": ("kubeflow", "kubeflow"),
+}
 
 
 HUB_ARTEFACTS = ("sl_model", "sl_data", "reward_model", "preferences", "rl_model")
