@@ -9,6 +9,7 @@
     python -m cai report runs/demo                         # rebuild <run>/report/ from files (no torch)
     python -m cai serve-reward runs/demo/reward_model --port 5000   # POST /get_reward (OpenRLHF's --remote_rm_url)
     python -m cai push runs/demo --repo_id me/cai-demo --dry_run   # write model/dataset cards, list what would be uploaded
+    python -m cai audit-feedback --config configs/demo/rl.yaml feedback.method=pointwise   # a labeler's gold-set accuracy
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     report = commands.add_parser("report", help="rebuild <run_dir>/report/ (report.md and plots) from a run directory")
     report.add_argument("run_dir")
+    audit = commands.add_parser("audit-feedback", help="measure a feedback setting on the gold preference set: accuracy with a 95%% interval, per kind, position bias, calibration")
+    audit.add_argument("--config", required=True, help="an RL config (e.g. configs/demo/rl.yaml); its feedback.* settings and model are audited")
+    audit.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for cai/rl.py (e.g. feedback.method=likelihood_ratio)")
     from cai.cards import add_parser as add_push_parser
     from cai.reward.service import add_parser as add_serve_parser
 
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_on_user_error(lambda: validate(args.paths, args.kind, explain=args.explain))
     if args.command == "eval":
         return exit_on_user_error(lambda: run_eval_command(args))
+    if args.command == "audit-feedback":
+        return exit_on_user_error(lambda: run_audit_command(["--config", args.config, *args.overrides]))
     if args.command == "report":
         return exit_on_user_error(lambda: run_report_command(args.run_dir))
     if args.command == "serve-reward":
@@ -137,6 +143,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from cai.evaluation.stage import eval_command
 
     return eval_command(args)
+
+
+def run_audit_command(settings: list[str]) -> int:
+    from cai.feedback.gold import audit_command
+
+    return audit_command(settings)
 
 
 def run_report_command(run_dir: str) -> int:

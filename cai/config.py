@@ -37,6 +37,8 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any =
 
 Backend = Literal["transformers", "vllm"]
 Ensemble = Literal["mean", "logit_mean"]
+FeedbackMethod = Literal["multiple_choice", "contrastive", "pointwise", "likelihood_ratio"]
+PairJudgeMethod = Literal["multiple_choice", "pointwise", "likelihood_ratio"]
 Algorithm = Literal["ppo", "dpo", "grpo", "rloo"]
 PoolKind = Literal["red_team", "helpful", "both"]
 RequestFormat = Literal["chat", "completion"]
@@ -536,9 +538,15 @@ class SampleConfig:
 
 @dataclass
 class FeedbackConfig:
-    """The AI labeler: multiple choice over (A)/(B), read from next-token log-probabilities."""
+    """The AI labeler: a feedback method (cai/feedback/methods.py), audited on a gold preference set."""
 
     model: str | None = setting(None, "feedback model (null: the SL run's base model)")
+    method: FeedbackMethod = setting("multiple_choice", "multiple_choice (the paper's (A)/(B) judge), contrastive (RLCD pairs), pointwise (yes/no per response) or likelihood_ratio")
+    ratio_scale: float = setting(20.0, "likelihood_ratio: P(first) = sigmoid(ratio_scale * (ratio_1 - ratio_2))", gt=0)
+    balance_principle: str | None = setting("less-evasive", "likelihood_ratio: preference principle averaged with every drawn one, against favouring refusals (null: none)")
+    contrastive_p: float = setting(0.9, "contrastive: P(harmless-side response better) when the judge does not agree with the construction", ge=0.5, le=1)
+    contrastive_judge: PairJudgeMethod | None = setting(None, "contrastive: method whose probability is used where it agrees with the construction (null: always contrastive_p)")
+    gold: str | None = setting("examples/gold_preferences.jsonl", "gold preference set the labeler is audited on every run (null: no audit)")
     principles_per_comparison: int = setting(1, "preference principles drawn per comparison", ge=1)
     ensemble: Ensemble = setting("mean", "how principles' votes combine: mean of probabilities or logit_mean of log-odds")
     debias_positions: bool = setting(True, "score both orders and average, against position bias")

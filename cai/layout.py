@@ -10,6 +10,7 @@ directory (`output_dir`).
     sl_model/       sft: the SL policy
     pairs/          sample: response pairs from the SL model
     preferences/    label: AI-feedback soft labels
+    label_gold.jsonl  label: the labeler's answer on each gold pair (its accuracy is in the manifest)
     reward_model/   reward: the preference model
     rl_model/       policy: the RL policy (PPO, DPO, GRPO or RLOO)
     checkpoints/<stage>/, logs/<stage>.jsonl   trainer checkpoints and training curves
@@ -37,6 +38,7 @@ SFT_DATA = "sft_data"
 SL_MODEL = "sl_model"
 PAIRS = "pairs"
 PREFERENCES = "preferences"
+LABEL_GOLD = "label_gold.jsonl"  # the labeler's P(gold chosen) per gold pair, audited each label run
 REWARD_MODEL = "reward_model"
 RL_MODEL = "rl_model"
 

@@ -38,7 +38,7 @@ def _sft(config, store, accelerator, constitution) -> None:
 def _sample(config, store, accelerator, constitution) -> None:
     from cai.feedback.sample import run_sample
 
-    run_sample(config, store, accelerator)
+    run_sample(config, store, accelerator, constitution)
 
 
 def _label(config, store, accelerator, constitution) -> None:
@@ -92,7 +92,7 @@ PIPELINES: dict[str, tuple[Stage, ...]] = {
     ),
     "rl": (
         Stage("sample", (layout.PAIRS,), _sample, "response pairs from the SL model"),
-        Stage("label", (layout.PREFERENCES,), _label, "AI-feedback preference labels on the pairs"),
+        Stage("label", (layout.PREFERENCES, layout.LABEL_GOLD), _label, "AI-feedback preference labels on the pairs"),
         Stage("reward", (layout.REWARD_MODEL, layout.checkpoints("reward"), layout.log("reward")), _reward, "a reward model trained on the labels"),
         Stage("policy", (layout.RL_MODEL, *_POLICY_OWNS, *_legacy("policy", *_POLICY_OWNS)), _policy, "the policy optimised with rl.algorithm (ppo, dpo, grpo or rloo) -> rl_model"),
         Stage("eval", (layout.EVAL, layout.REPORT), _eval, "held-out scores, Elo, refusal rates, then the report"),

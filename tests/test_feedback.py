@@ -391,7 +391,7 @@ def test_sample_then_label_end_to_end(labelled_run, tiny_model_dir):
     assert total + info["identical_pairs_skipped"] == 15 and len(rows) == total and info["dropped_near_ties"] == 0
     assert len({r["id"] for r in rows}) == total
     for row in rows:
-        assert set(row) == {"id", "prompt", "chosen", "rejected", "p_chosen", "principle_ids", "votes"}
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "p_chosen", "principle_ids", "votes", "method"} and row["method"] == "multiple_choice"
         assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
         assert 0.5 <= row["p_chosen"] <= 1.0 and len(row["principle_ids"]) == 2 and len(row["votes"]) == 4
         assert {v["first"] for v in row["votes"]} == {"chosen", "rejected"}
@@ -400,6 +400,9 @@ def test_sample_then_label_end_to_end(labelled_run, tiny_model_dir):
     assert 0.0 < info["mean_abs_p_minus_half"] < 0.5
     assert info["feedback_model"] == str(tiny_model_dir) == manifest["models"]["feedback_model"]
     assert "[rl] label:" in result.stdout
+    gold = info["gold"]  # the default gold set, audited with the same labeler
+    assert gold["count"] == 100 and set(gold["per_kind"]) == {"harmful_safe_vs_unsafe", "subtle_harm", "benign_helpful_vs_refusal", "safe_direct_vs_preachy"}
+    assert f"gold accuracy {gold['accuracy']:.0%}" in result.stdout
     loaded = datasets.load_dataset("json", data_files=str(output / "preferences" / "*.jsonl"), split="train")
     assert len(loaded) == total and loaded[0]["chosen"][0]["role"] == "assistant"
 
