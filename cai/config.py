@@ -586,7 +586,7 @@ class PPOConfig:
     local_rollout_forward_batch_size: int = setting(16, "rollouts per forward pass", ge=1)
     cliprange: float = setting(0.2, "PPO ratio clip", gt=0)
     vf_coef: float = setting(0.1, "value-loss weight", ge=0)
-    step0_tolerance: float = setting(1e-3, "largest ratio/reference gap allowed by the step-0 check", gt=0)
+    step0_tolerance: float = setting(1e-3, "largest ratio/reference gap allowed by the step-0 check in fp32 (bf16/fp16 runs allow at least 5e-2/2e-2)", gt=0)
 
 
 @dataclass

@@ -142,9 +142,13 @@ def configure_padding(tokenizer: Any) -> None:
 
 
 def load_causal_lm(ref: ModelRef, *, dtype: Any = None, device: Any = None, trainable: bool = False) -> Any:
-    """A causal LM in eval mode (dropout off) unless trainable; LoRA adapters are merged into the base."""
+    """A causal LM in eval mode (dropout off) unless trainable; LoRA adapters are merged into the base.
+
+    `dtype` defaults to `weights_dtype(trainable=...)`: fp32 masters for a model an optimiser updates.
+    """
     from transformers import AutoModelForCausalLM
 
+    dtype = weights_dtype(dtype, trainable=trainable)
     try:
         if ref.is_adapter:
             from peft import AutoPeftModelForCausalLM
@@ -169,12 +173,32 @@ def sync_pad_token(model: Any, tokenizer: Any) -> None:
 
 
 def default_dtype() -> Any:
-    """bf16 where a GPU supports it, fp32 on CPU (fp16/bf16 generation on CPU is slow and lossy)."""
+    """For frozen models (generation, feedback, reference, reward scoring): bf16 where a GPU supports
+    it, fp32 on CPU (fp16/bf16 generation on CPU is slow and lossy)."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def trainable_dtype() -> Any:
+    """fp32, always: the weights an optimiser updates stay fp32 masters and the trainer's `bf16=True`
+    autocasts the forward (trl's own recipe). AdamW on bf16 weights rounds small updates to zero."""
+    import torch
+
+    return torch.float32
+
+
+def weights_dtype(dtype: Any = None, *, trainable: bool) -> Any:
+    """The dtype to load weights in: `dtype` if given, else fp32 masters when trainable, else `default_dtype()`."""
+    import torch
+
+    if dtype is None:
+        return trainable_dtype() if trainable else default_dtype()
+    if trainable and dtype in (torch.bfloat16, torch.float16):
+        raise ValueError(f"a trainable model must load in fp32 (got {dtype}): the optimiser would round small updates to zero; leave dtype unset")
+    return dtype
 
 
 def lora_config(settings: Any, *, task_type: str = "CAUSAL_LM") -> Any:

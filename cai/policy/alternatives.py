@@ -59,7 +59,7 @@ def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRe
     if not rows:
         raise CaiError("preferences: no pair with a winner to train DPO on (all ties or none); check the label stage or use rl.algorithm=ppo")
     args = trainer_config(DPOConfig, config.training, section="training", output_dir=checkpoints, seed=config.seed, beta=config.dpo.beta)
-    model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
+    model = models.load_causal_lm(policy_ref, trainable=True)
     models.sync_pad_token(model, tokenizer)
     return DPOTrainer(
         model=model,
@@ -93,7 +93,7 @@ def build_online(algorithm: str, config: RLRunConfig, *, tokenizer: Any, policy_
         top_p=1.0,
         log_completions=False,
     )
-    model = models.load_causal_lm(policy_ref, dtype=models.default_dtype(), trainable=True)
+    model = models.load_causal_lm(policy_ref, trainable=True)
     models.sync_pad_token(model, tokenizer)
     score = reward_function(reward_model, tokenizer, missing_eos_penalty=settings.missing_eos_penalty, max_length=config.training.max_length, batch_size=settings.reward_batch_size)
     return trainer_cls(

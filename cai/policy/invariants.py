@@ -36,6 +36,16 @@ SHAPING_FIELDS = (
 )
 
 
+# Smallest tolerance used when the forward runs in half precision: generate() (with its KV cache)
+# and a full forward pass round differently, ~1e-2 mean |log ratio| in bf16 at step 0.
+HALF_PRECISION_TOLERANCE = {"bfloat16": 5e-2, "float16": 2e-2}
+
+
+def step0_tolerance(configured: float, compute_dtype: Any) -> float:
+    """`ppo.step0_tolerance` (an fp32 figure), raised to the half-precision floor when the forward runs in bf16/fp16."""
+    return max(configured, HALF_PRECISION_TOLERANCE.get(str(compute_dtype).removeprefix("torch."), 0.0))
+
+
 def output_dtype(model: Any) -> Any:
     """The dtype the log-probs are computed in: the output embedding's, else the first floating parameter's."""
     embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -67,11 +77,14 @@ def check_step0(
     response_length: int,
     tolerance: float,
     reference_context: Callable[[], Any] | None = None,
+    autocast: Any = None,
 ) -> dict[str, float]:
     """Raise CaiError naming what differs between policy and reference at step 0; else the gaps measured.
 
     `reference_context` is trl's `null_ref_context` for a LoRA policy, whose reference is the
     same module with the adapter disabled. The policy runs in training mode, as in trl's loop.
+    `autocast` (torch.bfloat16 / torch.float16) runs the check under the trainer's mixed
+    precision; the tolerance is then raised to that precision's floor (`step0_tolerance`).
     """
     import torch
     from transformers import GenerationConfig
@@ -89,12 +102,14 @@ def check_step0(
         reference_dtype = output_dtype(reference)
     if policy_dtype != reference_dtype:
         raise CaiError(f"ppo: step-0 check failed: the reference model's dtype ({reference_dtype}) differs from the policy's ({policy_dtype}), so ratio and KL start away from 1 and 0; load both with the same dtype")
+    tolerance = step0_tolerance(tolerance, autocast or policy_dtype)
     was_training = policy.training
     policy.train()
     queries = queries.to(next(policy.parameters()).device)
     scale = temperature + 1e-7  # exactly as trl scales rollout and reference logits
+    mixed = torch.autocast(queries.device.type, dtype=autocast) if autocast is not None else nullcontext()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), mixed:
             torch.manual_seed(0)
             for name, model, context in (("policy", policy, nullcontext), ("reference", reference, as_reference)):
                 with context():
@@ -128,13 +143,13 @@ def check_step0(
         detail = f"the policy's generation_config sets {', '.join(shaping)} on top of ppo.temperature={temperature}" if shaping else f"sampling does not follow the logits scaled by ppo.temperature={temperature}"
         raise CaiError(
             f"ppo: step-0 check failed: the rollout's log-probs differ from the policy's own (mean |log ratio| {ratio_gap:.2e} > "
-            f"ppo.step0_tolerance {tolerance}); {detail}; remove those settings from the SL model's generation_config.json "
-            "(or raise ppo.step0_tolerance if this is bf16 noise)"
+            f"tolerance {tolerance}); {detail}; remove those settings from the SL model's generation_config.json "
+            "(or raise ppo.step0_tolerance if this is rounding noise)"
         )
     if reference_gap > tolerance or abs(kl) > tolerance * max(1.0, float(valid.sum(1).float().mean())):
         raise CaiError(
             f"ppo: step-0 check failed: the reference's log-probs differ from the policy's (mean |log ratio| {reference_gap:.2e}, "
-            f"KL {kl:.2e}; ppo.step0_tolerance {tolerance}), so the reference does not hold the policy's weights; "
+            f"KL {kl:.2e}; tolerance {tolerance}), so the reference does not hold the policy's weights; "
             "start policy and reference from the same SL model"
         )
     return {"step0/ratio_gap": ratio_gap, "step0/reference_gap": reference_gap, "step0/kl": kl}

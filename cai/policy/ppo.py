@@ -297,6 +297,7 @@ def build_ppo(
     callbacks: list[Any],
 ) -> PPOSession:
     """Load the four roles, build trl's trainer (resuming from a checkpoint if one is complete), check step 0."""
+    import torch
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
@@ -319,23 +320,24 @@ def build_ppo(
     total_steps = math.ceil(total / batch)
     resume = last_complete_checkpoint(checkpoints)
     remaining = total - (resume.episode if resume else 0)
-    dtype = models.default_dtype()
     lora = config.lora.enabled
 
+    # Policy and value train as fp32 masters (the trainer autocasts to bf16); the reference holds the
+    # policy's dtype so ratio and KL start at 1 and 0; the frozen reward model may stay bf16.
     if resume and not lora:  # the checkpoint holds the whole policy
-        policy = models.load_causal_lm(models.resolve(str(resume.path), setting="checkpoint"), dtype=dtype, trainable=True)
+        policy = models.load_causal_lm(models.resolve(str(resume.path), setting="checkpoint"), trainable=True)
     else:
-        policy = models.load_causal_lm(policy_ref, dtype=dtype, trainable=True)
+        policy = models.load_causal_lm(policy_ref, trainable=True)
     if resume and lora:  # the checkpoint holds the adapter on the SL base
         from peft import PeftModel
 
         policy = PeftModel.from_pretrained(policy, str(resume.path), is_trainable=True)
     models.sync_pad_token(policy, tokenizer)
-    reference = None if lora else models.load_causal_lm(policy_ref, dtype=dtype).requires_grad_(False)
+    reference = None if lora else models.load_causal_lm(policy_ref, dtype=models.trainable_dtype()).requires_grad_(False)
     if reference is not None:
         models.sync_pad_token(reference, tokenizer)
 
-    value = load_reward_base(reward_ref, dtype=dtype, setting="reward_model")
+    value = load_reward_base(reward_ref, trainable=True, setting="reward_model")
     value.config.pad_token_id = tokenizer.pad_token_id
     share = lora and not deepspeed  # DeepSpeed prepares the reward model as its own engine
     if share:
@@ -348,7 +350,7 @@ def build_ppo(
         setattr(value, value.base_model_prefix, backbone)
         reward = reward_view(backbone, head, value.config, shared_adapter=backbone, prompts=query_ids, eos_token_id=tokenizer.eos_token_id)
     else:
-        frozen = load_reward_base(reward_ref, dtype=dtype, setting="reward_model").requires_grad_(False).eval()
+        frozen = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model").requires_grad_(False).eval()
         frozen.config.pad_token_id = tokenizer.pad_token_id
         reward = reward_view(getattr(frozen, frozen.base_model_prefix), frozen.score, frozen.config, shared_adapter=None, prompts=query_ids, eos_token_id=tokenizer.eos_token_id)
     if resume:
@@ -406,5 +408,6 @@ def build_ppo(
             response_length=ppo.response_length,
             tolerance=ppo.step0_tolerance,
             reference_context=trainer.null_ref_context if trainer.ref_model is None else None,
+            autocast=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,  # as the trainer runs
         )
     return PPOSession(trainer, reward, total_steps, total, remaining, resume, step0)

@@ -188,10 +188,12 @@ def check_same_tokenizer(policy: Any, reward: Any, *, policy_name: str, reward_n
 # ---------------------------------------------------------------- model and trainer
 
 
-def load_reward_base(ref: models.ModelRef, *, dtype: Any, setting: str) -> Any:
-    """A sequence-classification model with one output; a LoRA adapter is merged into its base first."""
+def load_reward_base(ref: models.ModelRef, *, setting: str, dtype: Any = None, trainable: bool = False) -> Any:
+    """A sequence-classification model with one output; a LoRA adapter is merged into its base first.
+    Trained (reward stage, PPO's value model) it loads in fp32 (`models.weights_dtype`)."""
     from transformers import AutoModelForSequenceClassification
 
+    dtype = models.weights_dtype(dtype, trainable=trainable)
     try:
         if ref.is_adapter:
             causal = models.load_causal_lm(ref, dtype=dtype)

@@ -86,7 +86,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     store.mark_stage("reward", "running", inputs=inputs, **counts)
 
     set_seed(config.seed)  # the score head is freshly initialised
-    model = load_reward_base(base_ref, dtype=models.default_dtype(), setting=base_setting)
+    model = load_reward_base(base_ref, trainable=True, setting=base_setting)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = trainer_config(RewardConfig, settings.training, section="reward.training", output_dir=checkpoints, seed=config.seed)
     trainer = build_reward_trainer(

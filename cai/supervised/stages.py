@@ -113,7 +113,7 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
         atomic_write_text(store.root / layout.SFT_DATA / "train.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
     ref = models.resolve(config.model, setting="model")
     tokenizer = models.load_tokenizer(ref, padding_side="right")
-    model = models.load_causal_lm(ref, dtype=models.default_dtype(), trainable=True)
+    model = models.load_causal_lm(ref, trainable=True)  # fp32 masters; the trainer autocasts to bf16
     models.sync_pad_token(model, tokenizer)
     checkpoints = store.root / layout.checkpoints("sft")
     args = trainer_config(
