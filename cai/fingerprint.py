@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -20,3 +21,12 @@ def digest(text: str) -> str:
 def fingerprint(value: Any, *, sort_keys: bool = False, ensure_ascii: bool = True) -> str:
     """`digest` of `value` as JSON; objects JSON cannot write are written with `str`."""
     return digest(json.dumps(value, sort_keys=sort_keys, ensure_ascii=ensure_ascii, default=str))
+
+
+def files_stamp(path: str | Path) -> list[list[Any]] | None:
+    """(name, size, mtime_ns) of each file in a saved model directory, so a retrained or replaced
+    model changes the fingerprint without hashing gigabytes; None for what is not a directory (a hub id)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return None
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()]

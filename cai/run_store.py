@@ -218,17 +218,22 @@ def run_chunked(
     return store.read_records(records_dir)
 
 
-def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerprint: str, per_records_dir: bool = False, force: str = "force=true") -> None:
+def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerprint: str, per_records_dir: bool = False, force: str = "force=true", checkpoints: Path | None = None) -> None:
     """The one resume check: refuse to add shards to `records_dir` made from other inputs; remember these.
 
     A stage with one records directory keeps one fingerprint (`inputs`); a stage with several
-    (eval: one per model's generations, scores, judgements) keeps one per directory.
+    (eval: one per model's generations, scores, judgements) keeps one per directory. A training
+    stage passes its `checkpoints` directory: its `checkpoint-*` folders are what a resume continues.
     """
     recorded = store.stage_info(stage).get("inputs")
     started = (recorded.get(records_dir) if isinstance(recorded, dict) else None) if per_records_dir else recorded
-    if started and started != fingerprint and store.done_shards(records_dir):
+    if checkpoints is not None:
+        where, resumable = checkpoints, checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    else:
+        where, resumable = store.stage_dir(records_dir), bool(store.done_shards(records_dir))
+    if started and started != fingerprint and resumable:
         raise CaiError(
-            f"{store.stage_dir(records_dir)}: made from other inputs (prompts, models, seed or settings changed) than stage {stage!r} "
+            f"{where}: made from other inputs (prompts, models, seed or settings changed) than stage {stage!r} "
             f"would use now; keep the same inputs to resume, set {force} to redo the stage (old outputs are kept aside), or use a new output_dir"
         )
     if not per_records_dir:

@@ -25,8 +25,10 @@ from cai import layout, models
 from cai.chat_format import prompt_ids, prompt_text, scored_ids
 from cai.config import RLRunConfig
 from cai.errors import CaiError
+from cai.fingerprint import files_stamp
+from cai.fingerprint import fingerprint as content_fingerprint
 from cai.layout import PREFERENCES, REWARD_MODEL, RL_MODEL, policy_reference
-from cai.run_store import RunStore
+from cai.run_store import RunStore, check_same_inputs
 from cai.supervised.stages import select_prompts
 from cai.training import (
     fresh_staging,
@@ -38,6 +40,7 @@ from cai.training import (
 NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
 EVAL_PROMPTS = 16  # the fixed subset (first prompts of the seeded selection) scored before and after
 STAGE = "policy"
+RESUMABLE_TRAINING = ("logging_steps", "save_steps", "save_total_limit", "report_to")  # no effect on the weights
 RUN_SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 
 
@@ -51,11 +54,27 @@ def reward_model_ref(store: RunStore, algorithm: str, *, required: bool) -> mode
     return None
 
 
-def check_resumable(store: RunStore, checkpoints: Path, fingerprint: str) -> None:
-    """Checkpoints of another algorithm (or LoRA setting) cannot be resumed by this one."""
-    started = store.stage_info(STAGE).get("run")
-    if started and started != fingerprint and any(checkpoints.glob("checkpoint-*")):
-        raise CaiError(f"{checkpoints}: holds checkpoints of an unfinished {started} run, not {fingerprint}; set force=true to start the policy stage over (the old ones are kept aside), or use the earlier settings")
+def policy_fingerprint(config: RLRunConfig, *, policy_ref: models.ModelRef, reward_ref: models.ModelRef | None, prompts: list[str], pairs: list[dict[str, Any]]) -> str:
+    """Everything the trained policy depends on: the SL model and reward model (their saved files),
+    the algorithm and its settings, training and LoRA settings, prompts (or DPO pairs) and seed.
+    Logging and checkpoint cadence are left out: changing them may resume."""
+    algorithm = config.rl.algorithm
+    training = {k: v for k, v in dataclasses.asdict(config.training).items() if k not in RESUMABLE_TRAINING}
+    return content_fingerprint(
+        {
+            "algorithm": algorithm,
+            "settings": dataclasses.asdict(getattr(config, algorithm)),
+            "training": training,
+            "lora": dataclasses.asdict(config.lora),
+            "seed": config.seed,
+            "prompts": prompts,
+            "pairs": pairs,
+            "policy": [policy_ref.path, policy_ref.gguf_file, files_stamp(policy_ref.path)],
+            "reward": [reward_ref.path, files_stamp(reward_ref.path)] if reward_ref is not None else None,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
 
 
 def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
@@ -87,9 +106,9 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     prompts, queries = usable_prompts(config, tokenizer)
     eval_prompts = prompts[:EVAL_PROMPTS]
     checkpoints = layout.existing(store.root, layout.checkpoints(STAGE), STAGE)  # an older run: checkpoints/ppo
-    fingerprint = f"{algorithm} (lora={config.lora.enabled})"
-    check_resumable(store, checkpoints, fingerprint)
-    store.mark_stage(STAGE, "running", algorithm=algorithm, run=fingerprint, prompts=len(prompts))
+    inputs = policy_fingerprint(config, policy_ref=policy_ref, reward_ref=reward_ref, prompts=prompts, pairs=pairs)
+    check_same_inputs(store, stage=STAGE, records_dir=STAGE, fingerprint=inputs, checkpoints=checkpoints)
+    store.mark_stage(STAGE, "running", algorithm=algorithm, prompts=len(prompts))
     set_seed(config.seed)
 
     run = build_run(
