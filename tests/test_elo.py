@@ -168,3 +168,37 @@ def test_win_rate_matrix_by_hand():
     # -> A's mean against B = 2.25 / 3 = 0.75, B's = 0.25; A and C never met
     rates = win_rate_matrix([("A", "B", 1.0), ("A", "B", 0.5), ("B", "A", 0.25), ("B", "C", 0.0)])
     assert rates == {"A": {"B": 0.75}, "B": {"A": 0.25, "C": 0.0}, "C": {"B": 1.0}}
+
+
+def test_cluster_bootstrap_resamples_prompts_not_judgements():
+    """10 prompts, each judged 5 times with the same outcome (A wins on 6, B on 4). Judgement-level
+    resampling treats the 50 as independent; resampling prompts keeps each prompt's 5 together, so
+    its interval is wider by about sqrt(5) (the design effect of perfectly correlated clusters)."""
+    games, prompts = [], []
+    for prompt in range(10):
+        for _ in range(5):
+            games.append(("A", "B", 1.0 if prompt < 6 else 0.0))
+            prompts.append(f"p{prompt}")
+    single = bootstrap_elo_intervals(games, rounds=400, seed=0)["A"]
+    clustered = bootstrap_elo_intervals(games, rounds=400, seed=0, clusters=prompts)["A"]
+    assert clustered.rating == single.rating
+    ratio = (clustered.high - clustered.low) / (single.high - single.low)
+    assert 1.6 < ratio < 3.2, ratio
+
+
+def test_singleton_clusters_are_the_judgement_bootstrap():
+    clusters = list(range(len(THREE_MODELS)))
+    assert bootstrap_elo_intervals(THREE_MODELS, rounds=50, seed=3, clusters=clusters) == bootstrap_elo_intervals(THREE_MODELS, rounds=50, seed=3)
+    with pytest.raises(CaiError, match="cluster keys for"):
+        bootstrap_elo_intervals(THREE_MODELS, rounds=5, clusters=["p1"])
+
+
+def test_eval_elo_tables_resample_prompts():
+    from cai.evaluation.metrics import elo_tables
+
+    judgements = [{"kind": "red_team", "prompt_id": f"p{p}", "model_a": "A", "model_b": "B", "p_a": 1.0 if p < 6 else 0.0} for p in range(10) for _ in range(5)]
+    table = elo_tables(judgements, rounds=100, seed=0)["red_team"]["ratings"]["A"]
+    games = [(j["model_a"], j["model_b"], j["p_a"]) for j in judgements]
+    expected = bootstrap_elo_intervals(games, rounds=100, seed=0, clusters=[j["prompt_id"] for j in judgements])["A"]
+    assert (table["low"], table["high"]) == (expected.low, expected.high)
+    assert (table["low"], table["high"]) != tuple(bootstrap_elo_intervals(games, rounds=100, seed=0)["A"][1:])

@@ -14,6 +14,9 @@ preference comparisons between models. Departures, and why:
   negligible once a model has tens of real comparisons. `prior_draws=0` gives the plain
   maximum-likelihood fit and raises when the comparisons do not pin it down.
 - Ratings are anchored so their mean is `base`, or so a named `anchor` model sits at `base`.
+- Intervals resample prompts, not single judgements, when `clusters` names each comparison's
+  prompt (cluster bootstrap): one prompt yields several correlated comparisons (every model
+  pair, every principle), and resampling them one by one makes the intervals too narrow.
 """
 
 from __future__ import annotations
@@ -250,9 +253,12 @@ def bootstrap_elo_intervals(
     anchor: str | None = None,
     prior_draws: float = 1.0,
     method: str = "bradley_terry",
+    clusters: Iterable[Any] | None = None,
 ) -> dict[str, EloInterval]:
-    """Point rating plus a percentile (1 - alpha) interval from resampling comparisons with replacement.
+    """Point rating plus a percentile (1 - alpha) interval from resampling with replacement.
 
+    With `clusters` (one key per comparison, e.g. its prompt id) whole clusters are resampled,
+    so comparisons from one prompt stay together; without, single comparisons are.
     A model missing from a resample keeps only its prior; the anchor's interval is [base, base].
     """
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
@@ -263,12 +269,28 @@ def bootstrap_elo_intervals(
     chosen_k = _checked_k(games.models, method, k, prior_draws, anchor)
     settings = dict(base=base, anchor=anchor, prior_draws=prior_draws, method=method, k=chosen_k)
     size = games.score.size
+    groups = _cluster_groups(clusters, size) if clusters is not None else [np.array([i]) for i in range(size)]
     point = _ratings(games, np.arange(size), **settings)
     generator = np.random.default_rng(seed)
-    samples = np.stack([_ratings(games, generator.integers(0, size, size=size), **settings) for _ in range(int(rounds))])
+
+    def resample() -> np.ndarray:
+        return np.concatenate([groups[i] for i in generator.integers(0, len(groups), size=len(groups))])
+
+    samples = np.stack([_ratings(games, resample(), **settings) for _ in range(int(rounds))])
     low, high = np.quantile(samples, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
     intervals = [EloInterval(float(point[i]), float(low[i]), float(high[i])) for i in range(len(games.models))]
     return _leaderboard(games.models, intervals, point)
+
+
+def _cluster_groups(clusters: Iterable[Any], size: int) -> list[np.ndarray]:
+    """Comparison indices per cluster key, clusters in order of first appearance."""
+    keys = list(clusters)
+    if len(keys) != size:
+        raise CaiError(f"bootstrap_elo_intervals: {len(keys)} cluster keys for {size} comparisons; give one key (e.g. the prompt id) per comparison")
+    members: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        members.setdefault(key, []).append(index)
+    return [np.array(indices, dtype=np.int64) for indices in members.values()]
 
 
 def win_rate_matrix(comparisons: Iterable[Any]) -> dict[str, dict[str, float]]:

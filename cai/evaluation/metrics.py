@@ -214,7 +214,8 @@ def elo_tables(judgements: Sequence[Mapping[str, Any]], *, rounds: int, seed: in
         if not group:
             continue
         games = [(j["model_a"], j["model_b"], float(j["p_a"])) for j in group]
-        intervals = bootstrap_elo_intervals(games, rounds=rounds, seed=seed)
+        prompts = [j.get("prompt_id", ("judgement", n)) for n, j in enumerate(group)]  # resample prompts, not judgements
+        intervals = bootstrap_elo_intervals(games, rounds=rounds, seed=seed, clusters=prompts)
         tables[kind] = {
             "ratings": {name: {"rating": r.rating, "low": r.low, "high": r.high} for name, r in intervals.items()},
             "win_rates": win_rate_matrix(games),

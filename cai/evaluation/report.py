@@ -351,7 +351,7 @@ def elo_section(metrics: dict[str, Any]) -> list[str]:
         f"({judge.get('principles_per_comparison')} drawn per comparison), "
         + ("each comparison scored in both orders and averaged. " if judge.get("debias_positions") else "one order only. ")
         + "Elo is the Bradley-Terry fit on the soft preferences (mean 1000; a gap of 100 reads as a 64% preference), "
-        f"with percentile intervals from {judge.get('bootstrap_rounds')} bootstrap resamples of the comparisons. "
+        f"with percentile intervals from {judge.get('bootstrap_rounds')} bootstrap resamples of the prompts (a prompt's comparisons stay together). "
         "Identical responses count as ties without asking the judge.",
         "",
     ]
