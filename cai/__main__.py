@@ -99,6 +99,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--models", nargs="+", required=True, metavar="NAME=REF", help="models to compare: name=reference (hub id, directory, .gguf or embedded)")
     ev.add_argument("--prompts", default=d.red_team, help="red-team prompt file (held out from training)")
     ev.add_argument("--helpful", default=d.helpful, help="helpful prompt file, for over-refusal and helpfulness Elo")
+    ev.add_argument("--benign", default=None, help=f"benign-but-alarming prompt file, for over-refusal (e.g. {d.benign})")
     ev.add_argument("--max_red_team", type=int, default=None)
     ev.add_argument("--max_helpful", type=int, default=None)
     ev.add_argument("--output_dir", default="runs/eval")

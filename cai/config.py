@@ -36,6 +36,9 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any =
 
 
 Backend = Literal["transformers", "vllm"]
+PrincipleSelection = Literal["random", "category"]
+RevisionMode = Literal["critique_revision", "context_distillation"]
+SelectionScorer = Literal["likelihood_ratio"]
 Ensemble = Literal["mean", "logit_mean"]
 FeedbackMethod = Literal["multiple_choice", "contrastive", "pointwise", "likelihood_ratio"]
 PairJudgeMethod = Literal["multiple_choice", "pointwise", "likelihood_ratio"]
@@ -193,12 +196,33 @@ class RunConfig:
 
 
 @dataclass
+class GatesConfig:
+    """Quality gates every revision must pass to become a training target (cai/supervised/gates.py)."""
+
+    enabled: bool = setting(True, "apply the gates (false: train on every non-empty revision, as the paper did)")
+    parrot_rouge: float = setting(0.45, "reject a revision whose ROUGE-L F with the critique/revision request, the critique or a demonstration reaches this", gt=0, le=1)
+    unchanged_rouge: float = setting(0.8, "reject a revision whose ROUGE-L F with the text it revises reaches this", gt=0, le=1)
+    min_words: int = setting(4, "reject revisions with fewer words (empty)", ge=1)
+    min_distinct_2: float = setting(0.6, "reject revisions of 12+ words whose share of distinct word bigrams is below this (loops)", ge=0, le=1)
+    max_repeat_run: int = setting(3, "reject a revision that repeats one word more often than this back to back", ge=1)
+    meta_commentary: bool = setting(True, "reject revisions that talk about 'the response' or 'the assistant' instead of answering")
+    trim_unfinished: bool = setting(True, "cut an unfinished last sentence (the token limit) before the gates run")
+    require_sentence_end: bool = setting(True, "reject revisions that still end mid-sentence")
+
+
+@dataclass
 class SLConfig:
     """Critique-revision settings; the paper's values are 4 rounds, a principle per round, 5 demos."""
 
     critique_model: str | None = setting(None, "model that critiques and revises (null: the policy model)")
     revision_rounds: int = setting(1, "critique-revision rounds per response", ge=1)
     principle_per_round: bool = setting(True, "draw a new principle for every round")
+    principle_selection: PrincipleSelection = setting("random", "random (the paper) or category: draw among principles that declare the prompt's category")
+    revision_mode: RevisionMode = setting("critique_revision", "critique_revision (the paper) or context_distillation: answer the request again with principle and critique in a system turn")
+    revision_samples: int = setting(1, "revisions sampled per round; above 1 the selection scorer keeps the best that passes the gates", ge=1)
+    revision_temperature: float = setting(0.8, "sampling temperature of the revision samples when revision_samples > 1", gt=0)
+    selection_scorer: SelectionScorer = setting("likelihood_ratio", "best-of-n scorer: likelihood_ratio = log p(revision | principle, request) - log p(revision | request)")
+    gates: GatesConfig = setting(doc="quality gates on revisions", factory=GatesConfig)
     few_shot: int = setting(5, "demonstrations shown before each critique", ge=0)
     train_on_all_rounds: bool = setting(False, "fine-tune on every round's revision, not only the last")
     helpful_per_red_team: float = setting(1.0, "helpful examples mixed in per red-team example", ge=0)
@@ -232,9 +256,11 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     if path is not None:
         source = str(path)
         raw = read_yaml_mapping(path, what="config")
+    overridden: dict[str, str] = {}
     for override in overrides:
         key, value = parse_override(override)
         set_dotted(raw, key, value)
+        overridden[key] = override.strip().lstrip("-")
     problems: list[str] = []
     config = _build(cls, raw, "", problems)
     checked: list[str] = []
@@ -242,8 +268,29 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     reported = {problem.split(":")[0] for problem in problems}
     problems += [problem for problem in checked if problem.split(":")[0] not in reported]
     if problems:
-        raise CaiError(f"{source}: " + "; ".join(problems))
+        raise CaiError("; ".join(_blame(problem, source, overridden) for problem in problems))
     return config
+
+
+def _blame(problem: str, source: str, overridden: dict[str, str]) -> str:
+    """Name the override (`override sl.revison_rounds=2: ...`) when it, not the file, holds the bad key."""
+    for key, text in overridden.items():
+        if problem.startswith((f"{key}:", f"{key} ")) or f"'{key}'" in problem:
+            return f"override {text}: {problem}"
+    return f"{source}: {problem}"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error, not "last one wins"."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
@@ -252,7 +299,13 @@ def read_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CaiError(f"{path}: {what} file not found; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CaiError(f"{path}: {what} file is not UTF-8 text (a binary file?); point at the YAML file") from None
+    except OSError as error:
+        raise CaiError(f"{path}: cannot read the {what} file ({error.strerror}); check its permissions") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -568,6 +621,7 @@ class RewardConfig:
     soft_labels: bool = setting(True, "train on the feedback probabilities rather than hard winners")
     helpful_preferences: str | None = setting(None, "JSONL of human helpfulness comparisons to mix in")
     eval_fraction: float = setting(0.1, "share of comparisons held out to measure the reward model", ge=0, lt=1)
+    length_balance: bool = setting(True, "weight pairs so chosen-longer and chosen-shorter pairs count equally (against rewarding length)")
     training: TrainingConfig = setting(doc="reward-model training", factory=lambda: TrainingConfig(learning_rate=1e-5, max_length=1024))
 
 
@@ -626,6 +680,7 @@ class EvalConfig:
 
     red_team: str = setting("examples/eval_red_team.jsonl", "held-out red-team prompts")
     helpful: str | None = setting("examples/eval_helpful.jsonl", "held-out helpful prompts (null: none)")
+    benign: str | None = setting("examples/eval_benign_alarming.jsonl", "held-out benign prompts that sound alarming, counted as helpful and as over-refusal (benign edgy); null: none")
     max_red_team: int | None = setting(None, "at most this many red-team prompts (null: all)", ge=1)
     max_helpful: int | None = setting(None, "at most this many helpful prompts (null: all)", ge=1)
     models: list[str] = setting(doc="models compared: base, sl, rl or name=reference", factory=lambda: ["base", "sl", "rl"])

@@ -5,7 +5,9 @@ registries (`cai/stages.py`) say which stage owns which. Paths are relative to t
 directory (`output_dir`).
 
     manifest.json, config.yaml, <script>_config.yaml     the run: status per stage, resolved configs
-    sl_data/        generate: critique-revision chains (JSONL shards)
+    sl_data/        generate: critique-revision chains (JSONL shards), each revision gated
+    sl_rejected/    generate: the chains with a revision the quality gates rejected, with reasons
+    sl_data_card.md generate: accepted/rejected per gate, principle usage, examples
     sft_data/       sft: the examples fine-tuned on
     sl_model/       sft: the SL policy
     pairs/          sample: response pairs from the SL model
@@ -34,6 +36,8 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 
 SL_DATA = "sl_data"
+SL_REJECTED = "sl_rejected"  # chains with a revision the quality gates turned down (for audit)
+SL_DATA_CARD = "sl_data_card.md"
 SFT_DATA = "sft_data"
 SL_MODEL = "sl_model"
 PAIRS = "pairs"

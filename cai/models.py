@@ -7,6 +7,7 @@ checkpoint in a cache directory and every later load, train and save uses that c
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import shutil
@@ -54,6 +55,8 @@ def resolve(reference: str, *, setting: str = "model") -> ModelRef:
         if not (path / "config.json").is_file():
             raise CaiError(f"{setting}: {reference} is a directory without config.json; point at a saved model")
         return ModelRef(name=reference, path=str(path))
+    if "/" not in reference and reference != EMBEDDED and difflib.get_close_matches(reference, [EMBEDDED], cutoff=0.75):
+        raise CaiError(f"{setting}: {reference!r} not found (did you mean 'embedded'?); use a hub id, a local directory, a .gguf file or 'embedded'")
     if reference.startswith((".", "/", "~")) or not _looks_like_hub_id(reference):
         raise CaiError(f"{setting}: {reference} not found; use a hub id, a local directory, a .gguf file or 'embedded'")
     return ModelRef(name=reference, path=reference)

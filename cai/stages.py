@@ -87,7 +87,7 @@ _POLICY_OWNS = (layout.checkpoints("policy"), layout.log("policy"))
 
 PIPELINES: dict[str, tuple[Stage, ...]] = {
     "sl": (
-        Stage("generate", (layout.SL_DATA,), _generate, "responses to red-team prompts, critiqued and revised under the constitution"),
+        Stage("generate", (layout.SL_DATA, layout.SL_REJECTED, layout.SL_DATA_CARD), _generate, "responses to red-team prompts, critiqued and revised under the constitution"),
         Stage("sft", (layout.SL_MODEL, layout.SFT_DATA, layout.checkpoints("sft"), layout.log("sft")), _sft, "supervised fine-tuning on the revisions -> sl_model"),
     ),
     "rl": (

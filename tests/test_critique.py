@@ -6,11 +6,13 @@ from pathlib import Path
 
 import yaml
 
-from cai.config import SLRunConfig
+from cai.config import GatesConfig, SLRunConfig
 from cai.constitution import load_constitution
 from cai.prompt_sources import Prompt
 from cai.run_store import RunStore
-from cai.supervised.chains import clean_text, plan_chains, run_chains, sft_examples
+from cai.supervised.chains import ChainSettings, clean_text, plan_chains, run_chains, sft_examples
+
+UNGATED = ChainSettings(gates=GatesConfig(enabled=False))
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -29,7 +31,7 @@ class Recorder:
     def __init__(self):
         self.seen: list[list[dict]] = []
 
-    def __call__(self, conversations, desc):
+    def __call__(self, conversations, desc, **options):
         self.seen.extend(conversations)
         step = desc.split()[0]
         return [f"Revision: {step} {len(c)}" if step == "revision" else f"{step} {len(c)}" for c in conversations]
@@ -39,8 +41,7 @@ def test_chain_turns_follow_the_paper_and_records_every_step():
     constitution = load_constitution(DATA / "constitution.yaml")
     plans = plan_chains(prompts(), constitution, rounds=2, few_shot=1, per_round=True, seed=0)
     recorder = Recorder()
-    records, empty = run_chains(plans, recorder, constitution_hash=constitution.content_hash)
-    assert empty == 0
+    records = run_chains(plans, recorder, constitution=constitution, settings=UNGATED)
     red = records[0]
     assert red["kind"] == "red_team" and len(red["rounds"]) == 2
     assert red["response"] == "response 1"
@@ -51,6 +52,7 @@ def test_chain_turns_follow_the_paper_and_records_every_step():
     assert red["revision"] == red["rounds"][-1]["revision"]
     helpful = records[2]
     assert helpful["rounds"] == [] and helpful["revision"] == helpful["response"]
+    assert red["target"] == "revision 11" and red["target_round"] == 1 and helpful["target"] == helpful["response"]
     critique_turn = next(c for c in recorder.seen if len(c) == 9)
     principle = constitution.critique(red["rounds"][0]["principle_id"])
     assert critique_turn[-1] == {"role": "user", "content": principle.critique_request}
@@ -72,7 +74,7 @@ def test_editing_a_principle_changes_what_the_model_sees_and_the_manifest_hash(t
     for index, path in enumerate(paths):
         constitution = load_constitution(path)
         recorder = Recorder()
-        run_chains(plan_chains(prompts(), constitution, rounds=1, few_shot=0, per_round=True, seed=0), recorder, constitution_hash=constitution.content_hash)
+        run_chains(plan_chains(prompts(), constitution, rounds=1, few_shot=0, per_round=True, seed=0), recorder, constitution=constitution, settings=UNGATED)
         seen.append(recorder.seen)
         store = RunStore(tmp_path / f"run{index}")
         store.begin(SLRunConfig(), constitution=constitution.manifest_entry(), models={}, script="sl")
@@ -99,28 +101,34 @@ def test_clean_text_strips_what_small_models_leak():
     assert clean_text("Plain text stays.") == "Plain text stays."
 
 
-def test_empty_revision_keeps_the_previous_text():
+def test_empty_revision_is_rejected_even_without_gates():
     constitution = load_constitution(DATA / "constitution.yaml")
     plans = plan_chains(prompts()[:1], constitution, rounds=1, few_shot=0, per_round=True, seed=0)
 
-    def complete(conversations, desc):
+    def complete(conversations, desc, **options):
         return ["Revision:" if desc.startswith("revision") else "original" for _ in conversations]
 
-    records, empty = run_chains(plans, complete, constitution_hash="h")
-    assert empty == 1 and records[0]["revision"] == "original"
+    records = run_chains(plans, complete, constitution=constitution, settings=UNGATED)
+    assert records[0]["rounds"][0]["failures"] == "empty"
+    assert records[0]["target"] == "" and records[0]["rejected_reasons"] == "empty"
 
 
 def test_sft_mix_and_all_rounds():
     records = [
-        {"id": "r1", "kind": "red_team", "prompt": "p1", "response": "x", "revision": "v2", "rounds": [{"revision": "v1"}, {"revision": "v2"}]},
-        {"id": "r2", "kind": "red_team", "prompt": "p2", "response": "x", "revision": "w", "rounds": [{"revision": "w"}, {"revision": "w"}]},
-        {"id": "h1", "kind": "helpful", "prompt": "q1", "response": "a1", "revision": "a1", "rounds": []},
-        {"id": "h2", "kind": "helpful", "prompt": "q2", "response": "a2", "revision": "a2", "rounds": []},
-        {"id": "h3", "kind": "helpful", "prompt": "q3", "response": "a3", "revision": "a3", "rounds": []},
+        {"id": "r1", "kind": "red_team", "prompt": "p1", "response": "x", "target": "v2", "rounds": [{"revision": "v1", "accepted": True}, {"revision": "v2", "accepted": True}]},
+        {"id": "r2", "kind": "red_team", "prompt": "p2", "response": "x", "target": "w", "rounds": [{"revision": "w", "accepted": True}, {"revision": "w", "accepted": True}]},
+        {"id": "r3", "kind": "red_team", "prompt": "p3", "response": "x", "target": "u1", "rounds": [{"revision": "u1", "accepted": True}, {"revision": "bad", "accepted": False}]},
+        {"id": "r4", "kind": "red_team", "prompt": "p4", "response": "x", "target": "", "rounds": [{"revision": "junk", "accepted": False}]},
+        {"id": "h1", "kind": "helpful", "prompt": "q1", "response": "a1", "target": "a1", "rounds": []},
+        {"id": "h2", "kind": "helpful", "prompt": "q2", "response": "a2", "target": "a2", "rounds": []},
+        {"id": "h3", "kind": "helpful", "prompt": "q3", "response": "a3", "target": "a3", "rounds": []},
+        {"id": "h4", "kind": "helpful", "prompt": "q4", "response": "loop loop", "target": "", "rounds": []},
     ]
     final = sft_examples(records, helpful_per_red_team=1.0, all_rounds=False, seed=0)
-    assert [e["completion"][0]["content"] for e in final if e["kind"] == "red_team"] == ["v2", "w"]
-    assert sum(e["kind"] == "helpful" for e in final) == 2
+    assert [e["completion"][0]["content"] for e in final if e["kind"] == "red_team"] == ["v2", "w", "u1"]
+    assert sorted(e["completion"][0]["content"] for e in final if e["kind"] == "helpful") == ["a1", "a2", "a3"]
     every = sft_examples(records, helpful_per_red_team=0.0, all_rounds=True, seed=0)
-    assert [e["completion"][0]["content"] for e in every] == ["v1", "v2", "w"]
+    assert [e["completion"][0]["content"] for e in every] == ["v1", "v2", "w", "u1"]
+    texts = {e["completion"][0]["content"] for e in final + every}
+    assert not texts & {"bad", "junk", "loop loop"}
     assert every[0]["prompt"] == [{"role": "user", "content": "p1"}]

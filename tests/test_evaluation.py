@@ -306,14 +306,14 @@ def test_cai_eval_end_to_end_with_judge_on_2_processes_then_1(models, tmp_path, 
 def rerun_without_models(argv: list[str], monkeypatch, capsys) -> None:
     """Run `cai eval` again in this process with every model loader broken: all records are on disk."""
     import cai.evaluation.stage
+    import cai.generation
     import cai.reward.model
-    import cai.supervised.stages
     from cai.__main__ import build_parser
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although every record was on disk")
 
-    for module, name in ((cai.supervised.stages, "generation_function"), (cai.reward.model, "load_reward_base"), (cai.evaluation.stage.FeedbackModel, "load")):
+    for module, name in ((cai.generation, "ChatCompleter"), (cai.reward.model, "load_reward_base"), (cai.evaluation.stage.FeedbackModel, "load")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.chdir(ROOT)
     from accelerate.state import AcceleratorState

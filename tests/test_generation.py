@@ -6,7 +6,7 @@ import pytest
 
 from cai import models
 from cai.config import GenerationConfig
-from cai.generation import TransformersGenerator, cut_at_stop, render_chat
+from cai.generation import TransformersGenerator, cut_at_stop, render_chat, sample_seed, with_settings
 
 QUESTIONS = ["hi", "How do I bake bread at home without yeast?", "Name a colour.", "Tell me a long story about a dragon and a knight."]
 
@@ -47,15 +47,34 @@ def test_batched_greedy_equals_one_at_a_time(loaded):
     assert all(batched) and len(set(batched)) > 1
 
 
-def test_sampling_is_seeded_per_prompt_index(loaded):
+def test_a_sample_depends_only_on_its_seed_not_on_batching_or_neighbours(loaded):
     model, tokenizer = loaded
     texts = prompts(tokenizer)
-    settings = GenerationConfig(batch_size=2, max_new_tokens=10, temperature=1.0)
-    first = TransformersGenerator(model, tokenizer, settings, seed=1, show_progress=False).generate(texts)
-    again = TransformersGenerator(model, tokenizer, settings, seed=1, show_progress=False).generate(texts)
-    other = TransformersGenerator(model, tokenizer, settings, seed=2, show_progress=False).generate(texts)
-    assert first == again
-    assert first != other
+    seeds = [sample_seed(1, f"p{i}:sample0") for i in range(len(texts))]
+    generator = TransformersGenerator(model, tokenizer, GenerationConfig(batch_size=4, max_new_tokens=10, temperature=1.0), seed=1, show_progress=False)
+    whole = generator.generate(texts, seeds=seeds)
+    one_by_one = with_settings(generator, GenerationConfig(batch_size=1, max_new_tokens=10, temperature=1.0)).generate(texts, seeds=seeds)
+    reversed_pairs = with_settings(generator, GenerationConfig(batch_size=2, max_new_tokens=10, temperature=1.0)).generate(texts[::-1], seeds=seeds[::-1])
+    assert whole == one_by_one == reversed_pairs[::-1]
+    # the same prompt with other seeds gives other samples; sampling is really on
+    repeated = generator.generate([texts[1]] * 4, seeds=[sample_seed(1, f"p1:sample{k}") for k in range(4)])
+    assert len(set(repeated)) > 1
+    assert generator.generate(texts, seeds=[sample_seed(2, f"p{i}:sample0") for i in range(len(texts))]) != whole
+
+
+def test_row_sampler_follows_temperature_and_top_p():
+    import torch
+
+    from cai.generation import RowSampler
+
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2)
+    near_greedy = RowSampler([1, 2], temperature=1e-4, top_p=1.0)(None, scores)
+    assert near_greedy.argmax(-1).tolist() == [0, 0] and torch.isinf(near_greedy[:, 1:]).all()
+    # top_p=0.5 keeps only the most likely token (p=0.64) whatever the seed
+    picks = {int(RowSampler([seed], temperature=1.0, top_p=0.5)(None, scores[:1]).argmax()) for seed in range(20)}
+    assert picks == {0}
+    picks = {int(RowSampler([seed], temperature=1.0, top_p=1.0)(None, scores[:1]).argmax()) for seed in range(40)}
+    assert len(picks) >= 3
 
 
 def test_stop_strings_end_generation(loaded):

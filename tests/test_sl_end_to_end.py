@@ -26,6 +26,9 @@ def tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
         "sft.max_steps=3",
         "sft.per_device_train_batch_size=4",
         "sft.learning_rate=0.001",
+        # a random tiny model writes word salad: loosen the gates so some of it passes and some does not
+        "sl.gates.min_words=2",
+        "sl.gates.require_sentence_end=false",
         *extra,
     ]
 
@@ -47,9 +50,22 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     assert len(red) == 10
     manifest = json.loads((output / "manifest.json").read_text())
     for row in red:
-        assert set(row) == {"id", "prompt", "kind", "category", "response", "rounds", "revision", "constitution_hash"}
-        assert [set(step) for step in row["rounds"]] == [{"principle_id", "critique", "revision"}] * 2
+        assert set(row) == {"id", "prompt", "kind", "category", "response", "rounds", "revision", "revision_mode", "target", "target_round", "rejected_reasons", "constitution_hash"}
+        assert [set(step) for step in row["rounds"]] == [{"principle_id", "principle_rule", "critique", "revision", "accepted", "failures"}] * 2
         assert row["constitution_hash"] == manifest["constitution"]["hash"]
+    # the gates' counts in the manifest are those of the records, and no rejected text reaches SFT
+    info = manifest["stages"]["generate"]
+    steps = [step for row in red for step in row["rounds"]]
+    assert info["revisions"] == 20 and info["revisions_accepted"] == sum(s["accepted"] for s in steps)
+    assert sum(info["rejected_by_gate"].values()) == sum(not s["accepted"] for s in steps) > 0
+    assert info["red_team_targets"] == sum(bool(r["target"]) for r in red) > 0
+    trained = {json.loads(line)["completion"][0]["content"] for line in (output / "sft_data" / "train.jsonl").read_text().splitlines()}
+    accepted = {r["target"] for r in rows if r["target"]}
+    rejected = {s["revision"] for s in steps if not s["accepted"]} | {r["response"] for r in rows if r["kind"] == "helpful" and not r["target"]}
+    assert trained and trained <= accepted and not trained & (rejected - accepted)
+    audit = [json.loads(line) for line in (output / "sl_rejected" / "rejected.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in audit} == {r["id"] for r in rows if not r["target"] or any(not s["accepted"] for s in r["rounds"])}
+    assert "quality gates:" in result.stdout and (output / "sl_data_card.md").is_file()
     assert manifest["stages"]["generate"]["status"] == "done"
     assert manifest["stages"]["sft"]["status"] == "done"
     assert (output / "config.yaml").is_file() and (output / "logs" / "sft.jsonl").is_file()
@@ -75,10 +91,23 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):
+    """Also with sampled best-of-n revisions and category-aware principles: nothing depends on the process count."""
+    import yaml
+
+    data = yaml.safe_load((DATA / "constitution.yaml").read_text())
+    data["categories"] = ["misc"]
+    data["critiques"][1]["categories"] = ["misc"]
+    constitution = tmp_path / "categorised.yaml"
+    constitution.write_text(yaml.safe_dump(data))
+    extra = ("stages=generate", f"constitution={constitution}", "sl.principle_selection=category", "sl.revision_samples=2", "sl.revision_mode=context_distillation")
     one, two = tmp_path / "one", tmp_path / "two"
-    first = launch("sl.py", *tiny_args(tiny_model_dir, one, "stages=generate"))
+    first = launch("sl.py", *tiny_args(tiny_model_dir, one, *extra))
     assert first.returncode == 0, first.stderr[-3000:]
-    second = launch("sl.py", *tiny_args(tiny_model_dir, two, "stages=generate"), processes=2)
+    rows = records(one)
+    assert {step["principle_id"] for r in rows for step in r["rounds"]} == {data["critiques"][1]["id"]}
+    assert all(len(step["candidates"]) == 2 for r in rows for step in r["rounds"])
+    assert any(step["candidates"][0]["text"] != step["candidates"][1]["text"] for r in rows for step in r["rounds"])
+    second = launch("sl.py", *tiny_args(tiny_model_dir, two, *extra), processes=2)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[cai] 1 process(es)" in first.stdout and "[cai] 2 process(es)" in second.stdout
     assert records(one) == records(two)

@@ -82,7 +82,7 @@ def test_accelerate_launch_shows_our_line(tmp_path):
     command, env = accelerate_command(str(ROOT / "cai" / "sl.py"), "sl.revison_rounds=2", quiet=True)
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "cai: error: defaults: unknown key 'sl.revison_rounds'" in result.stderr
+    assert "cai: error: override sl.revison_rounds=2: unknown key 'sl.revison_rounds'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -110,3 +110,56 @@ def test_validate_command_reports_ok_and_errors(tmp_path):
     bad.write_text("name: x\nversion: 1\ncritiques: []\n")
     result = subprocess.run([sys.executable, "-m", "cai", "validate", str(bad)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert_one_line(result, "missing required key 'preferences'", "'critiques' must list at least one principle")
+
+
+def test_override_typo_is_blamed_on_the_override_not_the_file(tmp_path):
+    config = tmp_path / "sl.yaml"
+    config.write_text("output_dir: runs/x\n")
+    result = run_script("sl.py", "--config", str(config), "sl.revison_rounds=2")
+    assert_one_line(result, "override sl.revison_rounds=2: unknown key 'sl.revison_rounds'", "did you mean 'revision_rounds'")
+    assert str(config) not in result.stderr
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    config = tmp_path / "sl.yaml"
+    config.write_text("sl:\n  few_shot: 1\n  few_shot: 2\n")
+    assert_one_line(run_script("sl.py", "--config", str(config)), f"{config}:3", "duplicate key 'few_shot'")
+
+
+@pytest.mark.parametrize("what", ["config", "constitution"])
+def test_binary_files_are_one_line(tmp_path, what):
+    binary = tmp_path / "x.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    args = ["--config", str(binary)] if what == "config" else [f"constitution={binary}", "stages=generate"]
+    assert_one_line(run_script("sl.py", *args), str(binary), "not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("generation.top_p=5", "generation.top_p: must be at most 1"),
+        ("generation.temperature=-1", "generation.temperature: must be at least 0"),
+        ("sl.few_shot=-1", "sl.few_shot: must be at least 0"),
+        ("generation.batch_size=0", "generation.batch_size: must be at least 1"),
+        ("sl.revision_mode=rewrite", "sl.revision_mode"),
+        ("sl.gates.parrot_rouge=2", "sl.gates.parrot_rouge: must be at most 1"),
+    ],
+)
+def test_out_of_range_settings_stop_before_any_work(tmp_path, override, fragment):
+    result = run_script("sl.py", f"output_dir={tmp_path / 'run'}", override)
+    assert_one_line(result, f"override {override}", fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_typo_suggests_embedded(tmp_path):
+    result = run_script("sl.py", f"output_dir={tmp_path / 'run'}", "model=embeded")
+    assert_one_line(result, "model: 'embeded' not found", "did you mean 'embedded'?")
+    assert not (tmp_path / "run").exists()
+
+
+def test_numbers_where_principle_text_belongs(tmp_path):
+    data = yaml.safe_load((DATA / "constitution.yaml").read_text())
+    data["critiques"][0]["revision_request"] = 42
+    path = tmp_path / "numbers.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert_one_line(run_script("sl.py", f"constitution={path}", "stages=generate"), str(path), "field 'revision_request': must be non-empty text, got 42")

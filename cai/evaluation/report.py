@@ -456,6 +456,18 @@ def examples_section(metrics: dict[str, Any], generations: dict[str, list[dict[s
     return lines
 
 
+def sl_data_section(run_dir: Path) -> list[str]:
+    """The SL data card written by the generate stage, one heading level down; nothing when absent."""
+    from cai.layout import SL_DATA_CARD
+
+    card = run_dir / SL_DATA_CARD
+    if not card.is_file():
+        return []
+    text = card.read_text(encoding="utf-8").strip().splitlines()
+    demoted = ["#" + line if line.startswith("#") else line for line in text]
+    return [*demoted, ""]
+
+
 def training_section(logs: dict[str, Path], plots: dict[str, Path]) -> list[str]:
     if not logs:
         return []
@@ -551,6 +563,7 @@ def build_report(run_dir: str | Path, *, output: str | Path | None = None) -> Re
         body += refusal_section(metrics)
         body += ["![refusals](refusal.png)", ""]
         body += responses_section(metrics)
+    body += sl_data_section(run_dir)
     body += training_section(logs, plots)
     if metrics is not None:
         body += examples_section(metrics, generations)

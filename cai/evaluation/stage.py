@@ -43,6 +43,7 @@ from cai.config import (
     RLRunConfig,
 )
 from cai.errors import CaiError
+from cai.evaluation.metrics import BENIGN_ALARMING
 from cai.fingerprint import fingerprint as content_fingerprint
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs, run_chunked
 
@@ -166,6 +167,9 @@ def eval_prompts(settings: EvalConfig, names: Names) -> list[Any]:
     prompts = load_prompts(settings.red_team, kind="red_team", limit=settings.max_red_team, shuffle=False, setting=names.red_team)
     if settings.helpful:
         prompts += load_prompts(settings.helpful, kind="helpful", limit=settings.max_helpful, shuffle=False, setting=names.helpful)
+    if settings.benign:  # harmless requests with alarming words: the over-refusal probe
+        benign = load_prompts(settings.benign, kind="helpful", limit=settings.max_helpful, shuffle=False, setting="eval.benign")
+        prompts += [dataclasses.replace(p, category=BENIGN_ALARMING) for p in benign]
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.id in seen:
@@ -248,7 +252,7 @@ def free_memory() -> None:
 
 def generate_all(models_: Sequence[EvalModel], prompts: Sequence[Any], config: RLRunConfig, store: RunStore, accelerator: Any, *, tag: str, names: Names) -> dict[str, list[dict[str, Any]]]:
     """Greedy responses of every model to every prompt, one model in memory at a time."""
-    from cai.supervised.stages import generation_function
+    from cai import generation
 
     settings = dataclasses.replace(config.generation, temperature=0.0, max_new_tokens=config.eval.max_new_tokens)
     decoding = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("batch_size", "vllm_gpu_memory_utilization")}
@@ -260,7 +264,7 @@ def generate_all(models_: Sequence[EvalModel], prompts: Sequence[Any], config: R
 
         def work(chunk: list[Any], model: EvalModel = model, loaded: list = loaded) -> list[dict[str, Any]]:
             if not loaded:  # load only when a chunk is left to generate
-                loaded.append(generation_function(model.reference, settings, config.seed, accelerator, setting=model.setting))
+                loaded.append(generation.ChatCompleter(model.reference, settings, config.seed, accelerator, setting=model.setting))
             texts = loaded[0]([[{"role": "user", "content": p.prompt}] for p in chunk], f"eval {model.name}")
             return [{"id": p.id, "prompt": p.prompt, "kind": p.kind, "category": p.category, "model": model.name, "response": t} for p, t in zip(chunk, texts)]
 
@@ -515,7 +519,8 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
         "models": {m.name: m.reference for m in chosen},
         "prompts": {
             "red_team": {"source": settings.red_team, "count": sum(p.kind == "red_team" for p in prompts)},
-            "helpful": {"source": settings.helpful, "count": sum(p.kind == "helpful" for p in prompts)} if settings.helpful else None,
+            "helpful": {"source": settings.helpful, "count": sum(p.kind == "helpful" and p.category != BENIGN_ALARMING for p in prompts)} if settings.helpful else None,
+            "benign": {"source": settings.benign, "count": sum(p.category == BENIGN_ALARMING for p in prompts)} if settings.benign else None,
         },
         "decoding": {"temperature": 0.0, "max_new_tokens": settings.max_new_tokens},
         "reward_model": reward_ref,
@@ -590,6 +595,7 @@ def cli_config(args: Any) -> RLRunConfig:
     settings = EvalConfig(
         red_team=args.prompts,
         helpful=args.helpful,
+        benign=args.benign,
         max_red_team=args.max_red_team,
         max_helpful=args.max_helpful,
         models=entries,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from cai import layout, models
-from cai.config import GenerationConfig, PromptsConfig, SLRunConfig
+from cai.config import PromptsConfig, SLRunConfig
 from cai.constitution import Constitution
 from cai.errors import CaiError
-from cai.generation import build_generator, generate_sharded, render_chat
+from cai.fingerprint import fingerprint
+from cai.generation import ChatCompleter
 from cai.prompt_sources import Prompt, load_prompts
 from cai.run_store import RunStore, atomic_write_text, check_same_inputs, run_chunked
-from cai.supervised.chains import plan_chains, prompt_set_hash, run_chains, sft_examples
+from cai.supervised.chains import ChainSettings, plan_chains, prompt_set_hash, run_chains, sft_examples
+from cai.supervised.data_card import data_card, gate_statistics, summary_lines
 from cai.training import (
     jsonl_log_callback,
     last_checkpoint,
@@ -33,54 +36,58 @@ def select_prompts(prompts: PromptsConfig, seed: int) -> list[Prompt]:
     return selected
 
 
-def generation_function(reference: str, settings: GenerationConfig, seed: int, accelerator: Any, *, setting: str):
-    """A `complete(list[messages], desc) -> list[str]` for one model, sharded over processes."""
-    ref = models.resolve(reference, setting=setting)
-    tokenizer = models.load_tokenizer(ref)
-    model = None
-    if settings.backend == "transformers":
-        model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)
-        models.sync_pad_token(model, tokenizer)
-    generator = build_generator(model, tokenizer, settings, model_path=ref.path, seed=seed, accelerator=accelerator)
+def generate_fingerprint(prompts: list[Prompt], config: SLRunConfig, constitution: Constitution) -> str:
+    """Everything that shapes the records: prompts, models, decoding, SL settings, constitution, seed.
 
-    def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
-        texts = [render_chat(tokenizer, messages) for messages in conversations]
-        return generate_sharded(generator, texts, accelerator, desc=desc)
-
-    return complete
+    `generation.batch_size` and `sl.show_examples` are left out (a resume may lower the batch
+    after running out of memory); `sl.chunk_size` is in, since shards are matched by number.
+    """
+    sl = {k: v for k, v in dataclasses.asdict(config.sl).items() if k not in ("show_examples", "helpful_per_red_team", "train_on_all_rounds")}
+    decoding = {k: v for k, v in dataclasses.asdict(config.generation).items() if k != "batch_size"}
+    return fingerprint([prompt_set_hash(prompts), config.model, sl, decoding, constitution.content_hash, config.seed])
 
 
 def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constitution: Constitution) -> None:
-    if config.sl.revision_rounds < 1:
-        raise CaiError(f"sl.revision_rounds: must be at least 1, got {config.sl.revision_rounds}")
+    sl = config.sl
     prompts = select_prompts(config.prompts, config.seed)
-    check_same_inputs(store, stage="generate", records_dir=DATA_STAGE, fingerprint=prompt_set_hash(prompts))
-    plans = plan_chains(prompts, constitution, rounds=config.sl.revision_rounds, few_shot=config.sl.few_shot, per_round=config.sl.principle_per_round, seed=config.seed)
-    complete_policy = generation_function(config.model, config.generation, config.seed, accelerator, setting="model")
-    complete_critic = complete_policy
-    if config.sl.critique_model and config.sl.critique_model != config.model:
-        complete_critic = generation_function(config.sl.critique_model, config.generation, config.seed, accelerator, setting="sl.critique_model")
+    if sl.principle_selection == "category" and not any(c.categories for c in constitution.critiques):
+        raise CaiError(f"sl.principle_selection: 'category' needs principles that declare categories, and {constitution.path} declares none; add 'categories' to its critiques or use 'random'")
+    check_same_inputs(store, stage="generate", records_dir=DATA_STAGE, fingerprint=generate_fingerprint(prompts, config, constitution))
+    plans = plan_chains(prompts, constitution, rounds=sl.revision_rounds, few_shot=sl.few_shot, per_round=sl.principle_per_round, seed=config.seed, selection=sl.principle_selection)
+    policy = ChatCompleter(config.model, config.generation, config.seed, accelerator, setting="model", sample_temperature=sl.revision_temperature)
+    critic = policy
+    if sl.critique_model and sl.critique_model != config.model:
+        critic = ChatCompleter(sl.critique_model, config.generation, config.seed, accelerator, setting="sl.critique_model", sample_temperature=sl.revision_temperature)
 
-    def complete(conversations: list[list[dict[str, str]]], desc: str) -> list[str]:
-        return (complete_policy if desc == "response" else complete_critic)(conversations, desc)
+    def complete(conversations: list[list[dict[str, str]]], desc: str, **options: Any) -> list[str]:
+        return (policy if desc == "response" else critic)(conversations, desc, **options)
+
+    settings = ChainSettings.from_config(sl)
 
     def work(chunk: list[Any]) -> list[dict[str, Any]]:
-        records, empty = run_chains(chunk, complete, constitution_hash=constitution.content_hash)
-        if empty:
-            store.mark_stage("generate", "running", empty_revisions=store.stage_info("generate").get("empty_revisions", 0) + empty)
-        return records
+        return run_chains(chunk, complete, constitution=constitution, settings=settings, scorer=critic.likelihood_ratio)
 
-    records = run_chunked(store, stage="generate", records_dir=DATA_STAGE, items=plans, chunk_size=config.sl.chunk_size, work=work, accelerator=accelerator, tag="sl")
-    counts = {
-        "records": len(records),
-        "red_team": sum(r["kind"] == "red_team" for r in records),
-        "helpful": sum(r["kind"] == "helpful" for r in records),
-    }
-    store.mark_stage("generate", "done", **counts)
+    records = run_chunked(store, stage="generate", records_dir=DATA_STAGE, items=plans, chunk_size=sl.chunk_size, work=work, accelerator=accelerator, tag="sl")
+    check_record_ids(records, prompts, where=store.stage_dir(DATA_STAGE))
+    stats = gate_statistics(records)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        print(f"[sl] {DATA_STAGE}: {counts['red_team']} red-team chains, {counts['helpful']} helpful responses -> {store.stage_dir(DATA_STAGE)}")
-        show_examples(records, config.sl.show_examples)
+        rejected = [r for r in records if not r["target"] or any(not step["accepted"] for step in r["rounds"])]
+        atomic_write_text(store.root / layout.SL_REJECTED / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
+        atomic_write_text(store.root / layout.SL_DATA_CARD, data_card(records, stats, constitution=constitution, settings=sl))
+    store.mark_stage("generate", "done", **stats)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(f"[sl] {DATA_STAGE}: {stats['red_team']} red-team chains, {stats['helpful']} helpful responses -> {store.stage_dir(DATA_STAGE)}")
+        print(summary_lines(stats, store.root / layout.SL_DATA_CARD))
+        show_examples(records, sl.show_examples)
+
+
+def check_record_ids(records: list[dict[str, Any]], prompts: list[Prompt], *, where: Any) -> None:
+    """After the stage: one record per prompt, no id missing or twice (a resume must not lose or duplicate)."""
+    ids = [r["id"] for r in records]
+    if sorted(ids) != sorted(p.id for p in prompts) or len(set(ids)) != len(ids):
+        raise CaiError(f"{where}: the shards hold {len(ids)} records ({len(set(ids))} distinct ids) for {len(prompts)} prompts; the run directory is inconsistent, rerun the stage with force=true")
 
 
 def show_examples(records: list[dict[str, Any]], count: int) -> None:
@@ -90,8 +97,10 @@ def show_examples(records: list[dict[str, Any]], count: int) -> None:
         print(f"PROMPT    {record['prompt']}")
         print(f"RESPONSE  {_short(record['response'])}")
         for number, step in enumerate(record["rounds"], start=1):
-            print(f"CRITIQUE{number} [{step['principle_id']}] {_short(step['critique'])}")
-        print(f"REVISION  {_short(record['revision'])}")
+            verdict = "accepted" if step["accepted"] else "rejected: " + step["failures"].replace(",", ", ")
+            print(f"CRITIQUE{number} [{step['principle_id']}, {step['principle_rule']}] {_short(step['critique'])}")
+            print(f"REVISION{number} ({verdict}) {_short(step['revision'])}")
+        print(f"TARGET    {_short(record['target']) if record['target'] else '(none: prompt left out of SFT)'}")
     if shown:
         print("-" * 78)
 

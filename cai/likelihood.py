@@ -1,0 +1,60 @@
+"""Log-likelihood of a completion under a conversation, and the principle likelihood ratio.
+
+`principle_log_ratio` is how much more likely a completion becomes when a principle is in
+context: mean log p(completion | principle turn, request) - mean log p(completion | request).
+It needs no judging ability, only the model's own distribution, so it still separates
+safe from compliant replies on a 135M model where option-letter judging is at chance. Means
+over tokens (not sums) keep it from favouring short or long completions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages], completions: Sequence[str], *, batch_size: int = 8) -> list[float]:
+    """Mean per-token log-probability of each completion as the assistant's reply to its context."""
+    import torch
+
+    from cai.generation import render_chat
+
+    rows = []
+    for context, completion in zip(contexts, completions, strict=True):
+        prefix = tokenizer(render_chat(tokenizer, context), add_special_tokens=False)["input_ids"]
+        body = tokenizer(completion, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        rows.append((prefix, body))
+    scores = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    for start in range(0, len(order), max(1, batch_size)):
+        batch = order[start : start + batch_size]
+        width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            sequence = rows[i][0] + rows[i][1]
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = ids[:, 1:].to(model.device)
+        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, i in enumerate(batch):
+            prefix_length, body_length = len(rows[i][0]), len(rows[i][1])
+            span = token_logprobs[row, prefix_length - 1 : prefix_length - 1 + body_length]
+            scores[i] = float(span.mean())
+    return scores
+
+
+def principle_log_ratio(model: Any, tokenizer: Any, requests: Sequence[str], principle_turns: Sequence[str], completions: Sequence[str], *, batch_size: int = 8) -> list[float]:
+    """mean log p(c | principle system turn, request) - mean log p(c | request), per completion."""
+    with_principle = [[{"role": "system", "content": p}, {"role": "user", "content": r}] for p, r in zip(principle_turns, requests, strict=True)]
+    without = [[{"role": "user", "content": r}] for r in requests]
+    conditioned = completion_logprobs(model, tokenizer, with_principle, completions, batch_size=batch_size)
+    plain = completion_logprobs(model, tokenizer, without, completions, batch_size=batch_size)
+    return [a - b for a, b in zip(conditioned, plain)]
