@@ -156,6 +156,7 @@ def test_prompt_index_takes_the_longest_matching_query():
 # ---------------------------------------------------------------- scoring format
 
 
+@pytest.mark.needs_ppo
 def test_ppo_rollout_is_scored_at_the_eos_like_scored_ids(tiny_model_dir, reward_model_dir):
     """trl truncates after EOS and pads, so its reward equals the reward of chat_format.scored_ids;
     trl's own chat-template path (GRPO/RLOO with a reward model) would end one newline past EOS."""
@@ -224,6 +225,7 @@ def queries_for(tokenizer, count: int = 2):
     return tokenizer.pad({"input_ids": [chat_format.prompt_ids(tokenizer, t) for t in texts]}, return_tensors="pt")["input_ids"]
 
 
+@pytest.mark.needs_ppo
 @pytest.mark.parametrize("plant", ["none", "weights", "dtype", "dropout", "generation"])
 def test_step0_check_names_the_planted_mismatch(tiny_model_dir, plant):
     import torch
@@ -262,6 +264,7 @@ def test_step0_check_names_the_planted_mismatch(tiny_model_dir, plant):
 # ---------------------------------------------------------------- PPO end to end
 
 
+@pytest.mark.needs_ppo
 @pytest.mark.slow
 def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
@@ -295,6 +298,7 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints" / "policy").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
 
+@pytest.mark.needs_ppo
 @pytest.mark.slow
 def test_killed_ppo_resumes_from_its_last_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
@@ -345,6 +349,7 @@ def always_eos(model) -> None:
     model.lm_head.weight[model.config.eos_token_id, 0] = 100.0
 
 
+@pytest.mark.needs_ppo
 @pytest.mark.parametrize("ending", ["never", "always"])
 def test_missing_eos_penalty_applies_to_completions_without_eos(tiny_model_dir, reward_model_dir, tmp_path, ending):
     from transformers import AutoTokenizer
@@ -368,6 +373,7 @@ def test_missing_eos_penalty_applies_to_completions_without_eos(tiny_model_dir, 
 # ---------------------------------------------------------------- LoRA
 
 
+@pytest.mark.needs_ppo
 def test_lora_reference_is_the_merged_sl_adapter(tiny_model_dir, reward_model_dir, tmp_path):
     """An SL model saved as a LoRA adapter is merged first; 'adapter disabled' is then the SL policy.
     Reward and value share the reward model's base: the reward is unchanged when the value adapter moves."""
@@ -452,6 +458,7 @@ def test_unknown_algorithm_lists_the_choices(tiny_model_dir, tmp_path):
     assert_one_line(result, "rl.algorithm: unknown choice 'ppx'", "valid choices: ppo, dpo, grpo, rloo")
 
 
+@pytest.mark.needs_ppo
 def test_missing_reward_model_says_run_the_reward_stage(tiny_model_dir, tmp_path):
     result = run_script("rl.py", *rl_args(tmp_path / "run", tiny_model_dir))
     assert_one_line(result, "reward_model", "rl.algorithm=ppo", "run stages=reward first")
