@@ -359,7 +359,9 @@ def write_cards(root: str | Path, *, repo_ids: dict[str, str] | None = None) -> 
         folder = root / artefact
         if folder.is_dir() and any(p.name != "README.md" for p in folder.iterdir()):
             path = folder / "README.md"
-            atomic_write_text(path, card_for(root, artefact, repo_id=(repo_ids or {}).get(artefact)))
+            text = card_for(root, artefact, repo_id=(repo_ids or {}).get(artefact))
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:  # unchanged cards keep their mtime
+                atomic_write_text(path, text)
             written.append(path)
     return written
 

@@ -29,4 +29,5 @@ def files_stamp(path: str | Path) -> list[list[Any]] | None:
     directory = Path(path)
     if not directory.is_dir():
         return None
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()]
+    # README.md is the model card (cai/cards.py), rewritten as the run goes on; it is not the model
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file() and p.name != "README.md"]

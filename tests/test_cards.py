@@ -227,3 +227,18 @@ def test_push_command_dry_run_lists_the_upload_and_errors_are_one_line(tmp_path,
     assert main(["push", str(root), "--repo_id", "nope"]) == 2
     assert "cai: error: --repo_id: 'nope' is not a Hub repo id" in capsys.readouterr().err
     assert main(["push", str(tmp_path), "--repo_id", "me/x"]) == 2
+
+
+def test_cards_never_change_what_a_resume_fingerprints(tmp_path):
+    """The policy stage's resume check stamps the model folders' files; the card is not one of them, and an unchanged card is not rewritten."""
+    from cai.fingerprint import files_stamp
+
+    root = make_run(tmp_path / "run")
+    before = files_stamp(root / "sl_model")
+    cards.write_cards(root)
+    card = root / "sl_model" / "README.md"
+    stamp = card.stat().st_mtime_ns
+    cards.write_cards(root)
+    assert card.stat().st_mtime_ns == stamp
+    cards.write_cards(root, repo_ids={"sl_model": "me/other"})
+    assert "# me/other" in card.read_text() and files_stamp(root / "sl_model") == before
