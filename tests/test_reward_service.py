@@ -168,6 +168,16 @@ def test_bad_requests_are_answered_with_4xx_and_the_server_stays_up(server, rewa
     assert post(server, {"prompts": PROMPTS[:1], "responses": RESPONSES[:1]})[0] == 200
 
 
+def test_verl_custom_reward_function_calls_the_service(server, reward, monkeypatch):
+    from cai.reward.service import verl_compute_score
+
+    monkeypatch.setenv("CAI_REWARD_URL", server.url)
+    score = verl_compute_score("cai", RESPONSES[0], None, extra_info={"prompt": PROMPTS[0]})
+    assert score == pytest.approx(reward.score(PROMPTS[:1], RESPONSES[:1])[0], abs=1e-6)
+    with pytest.raises(ValueError, match="extra_info has no 'prompt'"):
+        verl_compute_score("cai", RESPONSES[0], None, extra_info={})
+
+
 def test_wrong_path_method_and_length(server):
     assert request(server, "POST", "/other", b"{}")[0] == 404
     assert request(server, "GET", "/get_reward")[0] == 405
