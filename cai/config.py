@@ -724,13 +724,27 @@ class RLRunConfig(RunConfig):
         return self.model or str(Path(self.output_dir) / SL_MODEL)
 
     def problems(self) -> list[str]:
-        """PPO needs trl<1.13 (the `ppo` extra); say so at load, before any model loads, when the policy stage would run it."""
-        if self.rl.algorithm != "ppo" or "policy" not in self.stages:
-            return []
-        from cai.policy.availability import ppo_problem
+        """Said at load, before any model loads: PPO needs trl<1.13 (the `ppo` extra); each max_length
+        must hold the longest response it scores (else the reward model sees cut responses)."""
+        found = []
+        if "reward" in self.stages and self.reward.training.max_length <= self.generation.max_new_tokens:
+            found.append(
+                f"reward.training.max_length: {self.reward.training.max_length} tokens cannot hold a sampled response of up to "
+                f"generation.max_new_tokens={self.generation.max_new_tokens} plus its prompt; raise reward.training.max_length above {self.generation.max_new_tokens}"
+            )
+        if "policy" in self.stages and self.rl.algorithm in ("ppo", "grpo", "rloo"):
+            length = getattr(self, self.rl.algorithm).response_length
+            if self.training.max_length <= length:
+                found.append(
+                    f"training.max_length: {self.training.max_length} tokens cannot hold a rollout of up to {self.rl.algorithm}.response_length={length} "
+                    f"plus its prompt, and the reward model scores rollouts within it; raise training.max_length above {length}"
+                )
+        if self.rl.algorithm == "ppo" and "policy" in self.stages:
+            from cai.policy.availability import ppo_problem
 
-        problem = ppo_problem()
-        return [problem] if problem else []
+            if problem := ppo_problem():
+                found.append(problem)
+        return found
 
 
 # ---------------------------------------------------------------- Self-Instruct prompt pools

@@ -23,8 +23,12 @@ def main(config_cls: type[T], argv: Sequence[str] | None, run: Callable[[T, Any]
         return 0 if argv else 2
 
     def launch() -> int:
+        from cai.preflight import check_before_run
+
         path, overrides = split_cli(argv)
-        return start(load_config(config_cls, path, overrides), run)
+        config = load_config(config_cls, path, overrides)
+        check_before_run(config)  # before the run directory, the manifest or any model is written or loaded
+        return start(config, run)
 
     return exit_on_user_error(launch)
 
@@ -82,6 +86,7 @@ def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *,
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             print(f"[{tag}] {stage.name}: running")
+        store.remove_partial_writes(stage.owns)  # *.tmp of a killed atomic write
         stage.run(config, store, accelerator, constitution)
         accelerator.wait_for_everyone()
         cards.after_stage(config, store)  # model and dataset cards for what the run now holds (main process)

@@ -77,9 +77,14 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def embedded_checkpoint_dir() -> Path:
+    """Where the embedded model's safetensors copy lives (made by `embedded_checkpoint`)."""
+    return cache_dir() / "SmolLM2-135M-Instruct"
+
+
 def embedded_checkpoint() -> Path:
     """The safetensors copy of the embedded model, converted on first use (atomically, once)."""
-    target = cache_dir() / "SmolLM2-135M-Instruct"
+    target = embedded_checkpoint_dir()
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = embedded_gguf_path()

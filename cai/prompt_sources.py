@@ -61,12 +61,35 @@ def load_prompts(
     return prompts
 
 
+def is_file_source(source: str) -> bool:
+    """A prompt source names a file (else a hub dataset): a known suffix, an existing path, or a path prefix."""
+    path = Path(source).expanduser()
+    return path.suffix.lower() in FILE_SUFFIXES or path.exists() or source.startswith((".", "/", "~"))
+
+
+def check_prompt_file(path: Path, setting: str) -> None:
+    """The file exists and, unless Parquet, is UTF-8 text (a binary or Latin-1 file is one error, not a traceback)."""
+    if not path.is_file():
+        raise CaiError(f"{setting}: prompt file {path} not found; check the path")
+    if path.suffix.lower() == ".parquet":
+        return
+    try:
+        with path.open(encoding="utf-8") as handle:
+            while handle.read(1 << 20):
+                pass
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, setting, error) from None
+
+
+def not_utf8(path: Path, setting: str, error: UnicodeDecodeError) -> CaiError:
+    return CaiError(f"{setting}: {path} is not UTF-8 text (byte {error.object[error.start : error.start + 1]!r} cannot be decoded); save it as UTF-8")
+
+
 def _read_rows(source: str, *, split: str, setting: str) -> list[dict[str, Any]]:
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
-    if suffix in FILE_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise CaiError(f"{setting}: prompt file {source} not found; check the path")
+    if is_file_source(source):
+        check_prompt_file(path, setting)
         if suffix == ".jsonl":
             return _read_jsonl(path, setting)
         if suffix not in FILE_SUFFIXES:
@@ -82,17 +105,20 @@ def _read_jsonl(path: Path, setting: str) -> list[dict[str, Any]]:
 def read_jsonl(path: str | Path, setting: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a bad line is an error naming file and line."""
     rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CaiError(f"{setting}: {path}:{number}: invalid JSON ({error.msg}); fix that line") from None
-            if not isinstance(row, dict):
-                raise CaiError(f"{setting}: {path}:{number}: expected a JSON object per line")
-            rows.append((number, row))
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CaiError(f"{setting}: {path}:{number}: invalid JSON ({error.msg}); fix that line") from None
+                if not isinstance(row, dict):
+                    raise CaiError(f"{setting}: {path}:{number}: expected a JSON object per line")
+                rows.append((number, row))
+    except UnicodeDecodeError as error:
+        raise not_utf8(Path(path), setting, error) from None
     return rows
 
 

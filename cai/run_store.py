@@ -24,10 +24,21 @@ SHARD_PREFIX = "shard-"
 PACKAGES = ("cai", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "vllm", "deepspeed")
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file (0666 less the umask): mkstemp's 0600 would hide shards from the group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -67,9 +78,14 @@ class RunStore:
         if not self.manifest_path.is_file():
             return {}
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise CaiError(f"{self.manifest_path}: corrupt manifest; restore it or use a new output_dir") from None
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CaiError(f"{self.manifest_path}: corrupt manifest (not JSON); restore it or use a new output_dir") from None
+        stages = data.get("stages", {}) if isinstance(data, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(entry, dict) for entry in stages.values()):
+            found = type(data).__name__ if not isinstance(data, dict) else "'stages' that is not an object of objects"
+            raise CaiError(f"{self.manifest_path}: not a cai manifest (a JSON {found}, expected an object with a 'stages' object); restore it or use a new output_dir")
+        return data
 
     def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
         if not self.is_main:
@@ -130,7 +146,8 @@ class RunStore:
         return {}
 
     def reset_stage(self, stage: str, outputs: Iterable[str]) -> list[Path]:
-        """For `force`: set the old outputs aside (renamed, never deleted) and clear the status."""
+        """For `force`: set the old outputs aside (renamed, never deleted) and start the stage's
+        manifest entry afresh, so no count or metric of the old run survives."""
         moved = []
         for name in outputs:
             path = self.root / name
@@ -138,8 +155,29 @@ class RunStore:
                 target = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
                 path.rename(target)
                 moved.append(target)
+
+        def clear(data: dict[str, Any]) -> None:
+            stages = data.setdefault("stages", {})
+            for name in (stage, *layout.legacy_names(stage)):
+                stages.pop(name, None)
+
+        self.update_manifest(clear)
         self.mark_stage(stage, "pending")
         return moved
+
+    def remove_partial_writes(self, outputs: Iterable[str]) -> list[Path]:
+        """Temporary files a killed process left in the stage's output folders (its atomic writes
+        never finished, so nothing reads them); removed when the stage starts again."""
+        removed = []
+        for name in outputs:
+            directory = self.root / name
+            if not self.is_main or not directory.is_dir():
+                continue
+            for path in directory.glob(f".*{TMP_SUFFIX}"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     # -------------------------------------------------------------- records
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cai import models
+from cai.chat_format import prompt_ids
 from cai.config import RLRunConfig
 from cai.errors import CaiError
 from cai.policy.monitors import rollout_monitors
@@ -58,6 +59,9 @@ def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRe
 
     if not rows:
         raise CaiError("preferences: no pair with a winner to train DPO on (all ties or none); check the label stage or use rl.algorithm=ppo")
+    limit = config.training.max_length  # trl drops a pair whose prompt alone fills max_length
+    if not any(len(prompt_ids(tokenizer, row["prompt"][0]["content"])) < limit for row in rows):
+        raise CaiError(f"training.max_length: every DPO pair's prompt fills training.max_length={limit} tokens, so trl would drop them all; raise training.max_length")
     args = trainer_config(DPOConfig, config.training, section="training", output_dir=checkpoints, seed=config.seed, beta=config.dpo.beta)
     model = models.load_causal_lm(policy_ref, trainable=True)
     models.sync_pad_token(model, tokenizer)

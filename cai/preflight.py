@@ -1,0 +1,98 @@
+"""What a launch checks before it writes anything: the run directory can be made, the model
+references and prompt files exist, the manifest is one of ours, LoRA targets name real modules.
+
+Each check is cheap (no weights load; LoRA targets are matched on an empty, meta-device copy of
+the model built from its config), so a mistake costs one `cai: error:` line instead of a run
+folder, a manifest and a model load that the first stage then throws away.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cai import models
+from cai.errors import CaiError
+from cai.prompt_sources import check_prompt_file, is_file_source
+from cai.run_store import RunStore
+
+MODEL_SETTINGS = ("model", "sl.critique_model", "feedback.model", "reward.model")
+PROMPT_SETTINGS = ("prompts.red_team", "prompts.helpful")
+
+
+def check_before_run(config: Any) -> None:
+    """Raise the first problem found, before the run directory or any model is touched."""
+    check_output_dir(Path(config.output_dir))
+    manifest = Path(config.output_dir) / "manifest.json"
+    if manifest.is_file():
+        RunStore(config.output_dir).manifest()  # a list or broken JSON: one line now, not a traceback later
+    for setting in MODEL_SETTINGS:
+        reference = lookup(config, setting)
+        if isinstance(reference, str) and reference.strip():
+            check_model_reference(reference, setting=setting)
+    for setting in PROMPT_SETTINGS:
+        source = lookup(config, setting)
+        if isinstance(source, str) and source.strip() and is_file_source(source):
+            check_prompt_file(Path(source).expanduser(), setting)
+    lora = getattr(config, "lora", None)
+    if lora is not None and lora.enabled:
+        reference = config.policy_reference() if hasattr(config, "policy_reference") else config.model
+        check_lora_targets(reference, lora.target_modules)
+
+
+def lookup(config: Any, dotted: str) -> Any:
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def check_output_dir(path: Path) -> None:
+    """`output_dir` exists as a writable directory, or its nearest existing parent is one."""
+    path = path.expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CaiError(f"output_dir: {path} exists and is not a directory; choose another output_dir")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CaiError(f"output_dir: {path} is not writable; fix its permissions or choose another output_dir")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CaiError(f"output_dir: {path} cannot be made, {parent} is a file, not a directory; choose another output_dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CaiError(f"output_dir: {path} cannot be made, {parent} is not writable; fix its permissions or choose another output_dir")
+
+
+def check_model_reference(reference: str, *, setting: str) -> None:
+    """The reference resolves (the embedded model's package is installed; it is converted later, once)."""
+    if reference.strip() == models.EMBEDDED:
+        models.embedded_gguf_path()
+    else:
+        models.resolve(reference, setting=setting)
+
+
+def check_lora_targets(reference: str, targets: str | list[str]) -> None:
+    """Every `lora.target_modules` entry matches a module of the model (peft's rule: the full name
+    or its last dotted parts); checked on a meta-device copy, so nothing loads."""
+    directory = models.embedded_checkpoint_dir() if reference == models.EMBEDDED else Path(reference).expanduser()
+    if isinstance(targets, str) or not reference or not (directory / "config.json").is_file():
+        return  # "all-linear" / a regex: peft's own rules; a hub id or a model not made yet: checked at load
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
+    except (OSError, ValueError):
+        return  # the stage that loads it reports the problem
+    names = [name for name, _ in model.named_modules() if name]
+    suffixes = {".".join(name.split(".")[-k:]) for name in names for k in range(1, len(name.split(".")) + 1)}
+    unknown = [target for target in targets if target not in suffixes]
+    if unknown:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and not list(module.children())})
+        raise CaiError(f"lora.target_modules: {', '.join(map(repr, unknown))} not in {reference} (its layers: {', '.join(leaves)}); use some of those or 'all-linear'")
