@@ -1,10 +1,11 @@
 """One tokenization path for every stage that scores a (prompt, response) pair.
 
 PPO builds `query_ids + response_ids` where the query is the chat template up to the
-assistant header and the response ends at EOS; the reward model reads its score at the
-last non-pad token. So reward-model training, PPO and evaluation all build exactly those
-ids here: the template's own tokens, no second BOS, and the EOS the policy emits (not the
-newline some templates add after it).
+assistant header and the response ends at the end-of-turn token (`models.end_of_turn_id`,
+EOS for templates without one); the reward model reads its score at the last non-pad token.
+So reward-model training, PPO and evaluation all build exactly those ids here: the template's
+own tokens, no second BOS, and the end-of-turn token the policy emits (not the newline some
+templates add after it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from cai.generation import render_chat
+from cai.models import end_of_turn_id, end_of_turn_ids
 
 
 def prompt_text(tokenizer: Any, prompt: str) -> str:
@@ -24,12 +26,13 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def response_ids(tokenizer: Any, response: str) -> list[int]:
-    """The response's tokens followed by exactly one EOS, as a finished rollout ends."""
+    """The response's tokens followed by exactly one end-of-turn token (`models.end_of_turn_id`:
+    `<|im_end|>`, `<end_of_turn>`, ..., else EOS), as a finished rollout ends."""
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    while ids and ids[-1] == eos:
+    ends = set(end_of_turn_ids(tokenizer))
+    while ids and ids[-1] in ends:
         ids = ids[:-1]
-    return ids + [eos]
+    return ids + [end_of_turn_id(tokenizer)]
 
 
 def scored_ids(tokenizer: Any, prompt: str, response: str, *, max_length: int | None = None) -> list[int]:

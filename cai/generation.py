@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence
 from cai.config import Backend, GenerationConfig, check_choice
 from cai.errors import CaiError
 from cai.fingerprint import digest
+from cai.models import end_of_turn_ids
 
 BACKENDS = typing.get_args(Backend)
 
@@ -89,6 +90,7 @@ class TransformersGenerator:
         self.settings = settings
         self.seed = seed
         self.show_progress = show_progress
+        self.stop_ids = end_of_turn_ids(tokenizer, model)  # a response ends at the template's end of turn, not only at EOS
 
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int] | None = None, desc: str = "") -> list[str]:
         import torch
@@ -121,7 +123,7 @@ class TransformersGenerator:
                     stop_strings=list(self.settings.stop) or None,
                     tokenizer=self.tokenizer if self.settings.stop else None,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
+                    eos_token_id=self.stop_ids,
                     use_cache=True,
                 )
             new_tokens = generated[:, padded["input_ids"].shape[1] :]
@@ -162,6 +164,7 @@ class VLLMGenerator:
                 repetition_penalty=self.settings.repetition_penalty,
                 max_tokens=self.settings.max_new_tokens,
                 stop=list(self.settings.stop) or None,
+                stop_token_ids=end_of_turn_ids(self.tokenizer),
                 seed=seed,
             )
             for seed in seeds

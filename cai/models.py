@@ -138,15 +138,57 @@ def load_tokenizer(ref: ModelRef, *, padding_side: str = "left") -> Any:
 
 
 def configure_padding(tokenizer: Any) -> None:
-    """Pad with a token that is not EOS when the vocabulary has one, so masks never hide a real EOS."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+    """Pad with a token that ends nothing (not EOS, not the end-of-turn token) when the vocabulary
+    has one, so masks never hide a real end of a response."""
+    ends = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in ends:
         return
     vocab = tokenizer.get_vocab()
     for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", tokenizer.unk_token):
-        if candidate and candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+        if candidate and candidate in vocab and vocab[candidate] not in ends:
             tokenizer.pad_token = candidate
             return
     tokenizer.pad_token = tokenizer.eos_token
+
+
+_TURN_MARK = "cai-end-of-turn-probe"
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn: the first special token the chat template writes
+    after an assistant message (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`), else EOS.
+
+    A response ends there, not necessarily at `tokenizer.eos_token` (Gemma's is `<eos>`, Llama 3's
+    `<|end_of_text|>`): generation stops on it, PPO truncates at it and the reward is read at it.
+    """
+    key = (getattr(tokenizer, "chat_template", None), len(tokenizer), tokenizer.eos_token_id)
+    cached = getattr(tokenizer, "_cai_end_of_turn", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    found = tokenizer.eos_token_id
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": _TURN_MARK}], tokenize=False)
+    except Exception:  # no template, or one that refuses this conversation (jinja raises its own errors)
+        text = ""
+    if _TURN_MARK in text:
+        special = set(tokenizer.all_special_ids) | {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+        after = tokenizer(text.split(_TURN_MARK, 1)[1], add_special_tokens=False)["input_ids"]
+        found = next((i for i in after if i in special), found)
+    try:
+        tokenizer._cai_end_of_turn = (key, found)  # scoring calls this per response; the template is rendered once
+    except AttributeError:
+        pass
+    return found
+
+
+def end_of_turn_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """Every id that ends a response: the template's end of turn first, then the model's
+    generation_config.eos_token_id (an int or a list), then the tokenizer's EOS."""
+    ids = [end_of_turn_id(tokenizer)]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    return [i for n, i in enumerate(ids) if i is not None and i not in ids[:n]]
 
 
 def load_causal_lm(ref: ModelRef, *, dtype: Any = None, device: Any = None, trainable: bool = False) -> Any:

@@ -321,6 +321,7 @@ def build_ppo(
     resume = last_complete_checkpoint(checkpoints)
     remaining = total - (resume.episode if resume else 0)
     lora = config.lora.enabled
+    stop_id = models.end_of_turn_id(tokenizer)  # where a response ends: `<|im_end|>`, `<end_of_turn>`, ..., else EOS
 
     # Policy and value train as fp32 masters (the trainer autocasts to bf16); the reference holds the
     # policy's dtype so ratio and KL start at 1 and 0; the frozen reward model may stay bf16.
@@ -348,11 +349,11 @@ def build_ppo(
         head = copy.deepcopy(value.score).requires_grad_(False)
         backbone = get_peft_model(getattr(value, value.base_model_prefix), models.lora_config(config.lora, task_type=None))
         setattr(value, value.base_model_prefix, backbone)
-        reward = reward_view(backbone, head, value.config, shared_adapter=backbone, prompts=query_ids, eos_token_id=tokenizer.eos_token_id)
+        reward = reward_view(backbone, head, value.config, shared_adapter=backbone, prompts=query_ids, eos_token_id=stop_id)
     else:
         frozen = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model").requires_grad_(False).eval()
         frozen.config.pad_token_id = tokenizer.pad_token_id
-        reward = reward_view(getattr(frozen, frozen.base_model_prefix), frozen.score, frozen.config, shared_adapter=None, prompts=query_ids, eos_token_id=tokenizer.eos_token_id)
+        reward = reward_view(getattr(frozen, frozen.base_model_prefix), frozen.score, frozen.config, shared_adapter=None, prompts=query_ids, eos_token_id=stop_id)
     if resume:
         load_value_state(value, resume.path)
 
@@ -374,7 +375,8 @@ def build_ppo(
         cliprange=ppo.cliprange,
         vf_coef=ppo.vf_coef,
         total_episodes=max(remaining, 1),
-        stop_token="eos",  # truncate at the first EOS and pad after it, so the reward is read at the EOS
+        stop_token=None,
+        stop_token_id=stop_id,  # truncate at the first end of turn and pad after it, so the reward is read there
         num_sample_generations=0,
         sft_model_path=policy_ref.path,
         reward_model_path=reward_ref.path,

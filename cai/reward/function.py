@@ -7,9 +7,10 @@
 
 Every (prompt, response) is scored on the ids cai's reward stage trained on and trl's PPO
 scores (cai/chat_format.py): the chat template up to the assistant header, the response,
-exactly one EOS, the score read at that EOS. Handing trl the reward model itself would render
-the whole conversation with the chat template, whose assistant turn ends with a newline after
-EOS, so the score would be read one token past where it was trained.
+exactly one end-of-turn token (`models.end_of_turn_id`: `<|im_end|>`, `<end_of_turn>`, ...,
+EOS where the template has none), the score read there. Handing trl the reward model itself
+would render the whole conversation with the chat template, whose assistant turn ends with a
+newline after that token, so the score would be read one token past where it was trained.
 
 A plain-text prompt is read as one user message (the reward model judges a request and its
 answer), a conversational one is rendered with the chat template as it stands, multi-turn
@@ -131,19 +132,20 @@ class ConstitutionalReward:
         raw = self.score(prompts, completions)
         if completion_ids is None:
             return raw
-        eos = self.tokenizer.eos_token_id
+        end, ends = models.end_of_turn_id(self.tokenizer), set(models.end_of_turn_ids(self.tokenizer))
         if log_metric is not None and self.monitor is not None:
-            for name, value in self.monitor(completion_ids, eos, raw).items():
+            for name, value in self.monitor(completion_ids, end, raw).items():
                 log_metric(name, value)
         penalty = self.missing_eos_penalty or 0.0
-        return [score - penalty * (not (ids and ids[-1] == eos)) for score, ids in zip(raw, completion_ids, strict=True)]
+        return [score - penalty * (not (ids and ids[-1] in ends)) for score, ids in zip(raw, completion_ids, strict=True)]
 
 
 def strip_special(text: str, tokenizer: Any, *, head: bool, tail: bool) -> str:
-    """Remove the pad strings a decoded rollout carries before the text (`head`) and the pad/EOS strings after it (`tail`)."""
-    pad, eos = tokenizer.pad_token, tokenizer.eos_token
+    """Remove the pad strings a decoded rollout carries before the text (`head`) and the pad/EOS/end-of-turn strings after it (`tail`)."""
+    pad = tokenizer.pad_token
+    ends = (pad, *tokenizer.convert_ids_to_tokens(models.end_of_turn_ids(tokenizer)))
     while head and pad and text.startswith(pad):
         text = text[len(pad) :]
-    while tail and any(t and text.endswith(t) for t in (pad, eos)):
-        text = text[: -len(next(t for t in (pad, eos) if t and text.endswith(t)))]
+    while tail and any(t and text.endswith(t) for t in ends):
+        text = text[: -len(next(t for t in ends if t and text.endswith(t)))]
     return text

@@ -132,7 +132,7 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
         output_dir=checkpoints,
         seed=config.seed,
         completion_only_loss=True,
-        eos_token=tokenizer.eos_token,
+        eos_token=tokenizer.convert_ids_to_tokens(models.end_of_turn_id(tokenizer)),  # the chat template's end of turn
     )
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     trainer = SFTTrainer(
