@@ -94,7 +94,11 @@ def test_dataset_cards_load_by_configs_and_count_rows(tmp_path):
     assert meta["size_categories"] == ["n<1K"] and "rlaif" in meta["tags"]
     assert "- Rows: 3 " in body and "p_chosen" in body and "| position_bias.first_preferred_share | 0.61 |" in body
     meta, body = split_card((root / "sl_data" / "README.md").read_text())
-    assert "sl-cai" in meta["tags"] and "- Rows: 5 " in body
+    assert "sl-cai" in meta["tags"] and "- Rows: 5 " in body and "## Quality report" not in body
+    (root / "sl_data_card.md").write_text("# SL-CAI data card\n\n| gate | rejected |\n|---|---|\n| parroting | 4 |\n\n## Accepted examples\n")
+    cards.write_cards(root)
+    body = split_card((root / "sl_data" / "README.md").read_text())[1]
+    assert "## Quality report\n\n| gate | rejected |" in body and "### Accepted examples" in body and "# SL-CAI data card" not in body
     assert DatasetCard.load(root / "sl_data" / "README.md").data.pretty_name.endswith("SL-CAI critique-revision data")
     # the shards still read as before: the card is not a shard
     assert len(RunStore(root).read_records("sl_data")) == 5
