@@ -228,27 +228,45 @@ def test_soft_loss_is_trl_loss_at_p1_and_p_reaches_the_loss(tiny_model_dir, tmp_
         assert abs(float(soft_loss) - float(trl_loss)) > 1e-4
 
 
+def held_out_accuracy(model, tokenizer, held) -> float:
+    """Share of held-out pairs whose chosen response scores higher."""
+    from cai.chat_format import scored_ids
+
+    scores = score_ids(model, [scored_ids(tokenizer, c.prompt, text) for c in held for text in (c.chosen, c.rejected)], pad_token_id=tokenizer.pad_token_id)
+    return float(np.mean([c > r for c, r in zip(scores[0::2], scores[1::2])]))
+
+
+# 32 held-out pairs: a scorer that ignores the labels reaches 27 of them with probability < 1e-4
+HELD_OUT_PAIRS, LEARNED = 32, 27 / 32
+
+
+def train_reward(tiny_model_dir, tokenizer, train, output: Path):
+    from datasets import Dataset
+
+    rows, _ = tokenize_comparisons(tokenizer, train, max_length=256, soft_labels=True)
+    model = reward_model(tiny_model_dir, tokenizer)
+    return build_reward_trainer(model, reward_args(output), Dataset.from_list(rows), tokenizer, soft_labels=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """Train a few steps on the hand-made set, save as the stage does; returns what the tests need."""
     import torch
     from accelerate import Accelerator
-    from datasets import Dataset
 
     from cai.reward.model import save_reward_model
 
     root = tmp_path_factory.mktemp("reward")
     tokenizer = tiny_tokenizer(tiny_model_dir)
-    train, held = split_held_out(comparisons(preference_records(32)), 0.25, seed=0)
-    rows, _ = tokenize_comparisons(tokenizer, train, max_length=256, soft_labels=True)
-    model = reward_model(tiny_model_dir, tokenizer)
+    train, held = split_held_out(comparisons(preference_records(2 * HELD_OUT_PAIRS)), 0.5, seed=0)
+    trainer = train_reward(tiny_model_dir, tokenizer, train, root / "checkpoints")
+    model = trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = build_reward_trainer(model, reward_args(root / "checkpoints"), Dataset.from_list(rows), tokenizer, soft_labels=True)
     result = trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     save_reward_model(trainer, tokenizer, root / "reward_model", accelerator=Accelerator(cpu=True))
     logs = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"dir": root / "reward_model", "held": held, "changed": changed, "result": result, "losses": logs, "model": trainer.model, "tokenizer": tokenizer}
+    return {"dir": root / "reward_model", "train": train, "held": held, "changed": changed, "result": result, "losses": logs, "model": trainer.model, "tokenizer": tokenizer}
 
 
 def test_reward_trainer_round_trip(trained):
@@ -269,11 +287,26 @@ def test_reward_trainer_round_trip(trained):
     scores = score_ids(loaded, ids, pad_token_id=tokenizer.pad_token_id)
     in_memory = score_ids(trained["model"], ids, pad_token_id=tokenizer.pad_token_id)
     assert scores == pytest.approx(in_memory, abs=1e-5)
+    assert len(held) == HELD_OUT_PAIRS
     accuracy = np.mean([c > r for c, r in zip(scores[0::2], scores[1::2])])
-    assert accuracy > 0.5, scores
+    assert accuracy >= LEARNED, scores
     with torch.no_grad():
         single = loaded(input_ids=torch.tensor([ids[0]])).logits[0, 0].item()
     assert single == pytest.approx(scores[0], abs=1e-5)
+
+
+def test_reward_training_follows_the_labels_not_the_initialisation(trained, tiny_model_dir, tmp_path):
+    """The same start trained on the opposite labels must rank the held-out pairs the opposite
+    way: an initialisation that already prefers "kindly" cannot pass both directions."""
+    from dataclasses import replace
+
+    tokenizer, held = trained["tokenizer"], trained["held"]
+    flipped = [replace(c, chosen=c.rejected, rejected=c.chosen) for c in trained["train"]]
+    trainer = train_reward(tiny_model_dir, tokenizer, flipped, tmp_path / "checkpoints")
+    trainer.train()
+    untrained = held_out_accuracy(reward_model(tiny_model_dir, tokenizer), tokenizer, held)
+    learned, opposite = held_out_accuracy(trained["model"], tokenizer, held), held_out_accuracy(trainer.model, tokenizer, held)
+    assert learned >= LEARNED and opposite <= 1 - LEARNED, (untrained, learned, opposite)
 
 
 def test_score_is_read_at_eos_exactly_as_ppo_reads_it(trained):
