@@ -115,17 +115,84 @@ def test_held_out_metrics_by_hand():
     assert result["comparisons"] == 3 and result["ties"] == 1
     # decided: (0.75, won) and (0.25, won) -> accuracy 1/2
     assert result["accuracy"] == pytest.approx(0.5, abs=1e-12)
-    # both orders: p = 0.75, 0.25 (y = 1) and 0.25, 0.75 (y = 0); bins=2:
+    # against the winner, both orders: p = 0.75, 0.25 (y = 1) and 0.25, 0.75 (y = 0); bins=2:
     # lower bin {0.25 y=1, 0.25 y=0}: |1 - 0.5| = 0.5; upper {0.75 y=1, 0.75 y=0}: |1 - 1.5| = 0.5 -> ECE 1/4
-    assert result["ece"] == pytest.approx(0.25, abs=1e-9)
-    # Brier: (0.0625 + 0.5625 + 0.5625 + 0.0625) / 4 = 0.3125
-    assert result["brier"] == pytest.approx(0.3125, abs=1e-9)
+    assert result["ece_vs_winner"] == pytest.approx(0.25, abs=1e-9)
+    # against the soft targets, both orders: p (0.75, 0.5, 0.25, 0.25, 0.5, 0.75), t (0.9, 0.5, 0.7, 0.1, 0.5, 0.3)
+    # lower bin {0.25: 0.7, 0.25: 0.1}: |0.8 - 0.5| = 0.3; upper {0.75: 0.9, 0.5: 0.5, 0.5: 0.5, 0.75: 0.3}: |2.2 - 2.5| = 0.3 -> 0.6 / 6
+    assert result["ece"] == pytest.approx(0.1, abs=1e-9)
+    # Brier vs the soft targets: 2 * (0.15^2 + 0 + 0.45^2) / 6 = 0.075
+    assert result["brier"] == pytest.approx(0.075, abs=1e-9)
     # |0.75 - 0.9| + |0.5 - 0.5| + |0.25 - 0.7| = 0.6 -> 0.2
     assert result["label_mae"] == pytest.approx(0.2, abs=1e-9)
     # scores (ln3, 1, 0, 0, 1, ln3) vs lengths (2, 4, 6, 3, 5, 7)
     scores, lengths = np.array(chosen + rejected), np.array([2, 4, 6, 3, 5, 7.0])
     assert result["length_correlation"] == pytest.approx(np.corrcoef(scores, lengths)[0, 1], abs=1e-12)
     assert held_out_metrics([1.0], [0.0], [0.8], [3], [3])["length_correlation"] is None  # lengths constant
+
+
+def test_a_perfect_soft_fit_is_calibrated():
+    """Scores that reproduce the soft targets exactly: ECE 0 against them, 0.4 against the winner."""
+    d = math.log(0.6 / 0.4)
+    result = held_out_metrics([d] * 5, [0.0] * 5, [0.6] * 5, [3] * 5, [4] * 5)
+    assert result["ece"] == pytest.approx(0.0, abs=1e-12) and result["brier"] == pytest.approx(0.0, abs=1e-12)
+    # vs the winner: p 0.6 (won) and 0.4 (lost) in separate bins: (0.4 + 0.4) / 2
+    assert result["ece_vs_winner"] == pytest.approx(0.4, abs=1e-9)
+
+
+def test_length_balance_weights_by_hand():
+    from cai.reward.model import length_balance_weights
+
+    weights, stats = length_balance_weights([10, 10, 10, 2, 6], [5, 5, 5, 8, 6])
+    # 3 chosen-longer, 1 chosen-shorter, 1 equal: 4 / (2 * 3) = 2/3 and 4 / (2 * 1) = 2; equal length keeps 1
+    assert weights == [pytest.approx(2 / 3)] * 3 + [pytest.approx(2.0), 1.0]
+    assert stats["chosen_longer_share"] == 0.75 and stats["balanced"] is True
+    assert sum(weights[:3]) == pytest.approx(sum(weights[3:4]))
+    unbalanced, info = length_balance_weights([10, 10], [5, 5])
+    assert unbalanced == [1.0, 1.0] and info["balanced"] is False
+
+
+def test_weighted_soft_loss_by_hand():
+    import torch
+
+    from cai.feedback.preference_math import soft_preference_loss
+
+    chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    per_pair = [-math.log(1 / (1 + math.exp(-1.0))), math.log(2.0)]
+    weighted = soft_preference_loss(chosen, rejected, torch.ones(2), weights=torch.tensor([3.0, 1.0]))
+    assert float(weighted) == pytest.approx((3 * per_pair[0] + per_pair[1]) / 4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_length_balance_lowers_the_score_length_correlation(tiny_model_dir, tmp_path):
+    """A planted set: the chosen response is the longer one in 14 of 16 pairs, and nothing but length differs.
+
+    Unweighted, the reward model learns "longer is better"; with the balance weights the two
+    groups pull equally and the length preference cancels. Scored on new prompts.
+    """
+    from datasets import Dataset
+
+    from cai.reward.model import length_balance_weights, pearson, score_responses
+
+    tokenizer = tiny_tokenizer(tiny_model_dir)
+    long, short = " ".join(["fine"] * 12), " ".join(["fine"] * 3)
+    items = [Comparison(f"c{i}", "Question?", *((long, short) if i % 8 else (short, long)), 1.0, "ai") for i in range(16)]
+    weights, stats = length_balance_weights([len(c.chosen.split()) for c in items], [len(c.rejected.split()) for c in items])
+    assert stats["chosen_longer_share"] == 14 / 16
+    probe = [(f"Another question {i}?", text, n) for i in range(8) for text, n in ((short, 3), (long, 12))]
+    correlations, gaps = {}, {}
+    for name, w in (("plain", None), ("balanced", weights)):
+        rows, _ = tokenize_comparisons(tokenizer, items, max_length=128, soft_labels=True, weights=w)
+        args = reward_args(tmp_path / name, max_steps=20, per_device_train_batch_size=16, learning_rate=1e-3)
+        trainer = build_reward_trainer(reward_model(tiny_model_dir, tokenizer), args, Dataset.from_list(rows), tokenizer, soft_labels=True, weighted=w is not None)
+        trainer.train()
+        scores = score_responses(trainer.model, tokenizer, [p for p, _, _ in probe], [r for _, r, _ in probe])
+        correlations[name] = pearson(scores, [n for _, _, n in probe])
+        gaps[name] = float(np.mean(scores[1::2]) - np.mean(scores[0::2]))  # mean score of 12 words minus 3 words
+    # unweighted it learns length: sigmoid(gap) heads for 14/16 (gap 1.95); the prompts barely move the score, so r is near 1
+    assert correlations["plain"] > 0.9 and gaps["plain"] > 1.0, (correlations, gaps)
+    # balanced, the length gap all but vanishes (r is scale-free, so it is read with the gap beside it)
+    assert abs(gaps["balanced"]) < 0.1 * gaps["plain"] and correlations["balanced"] < correlations["plain"], (correlations, gaps)
 
 
 def test_orient_and_seeded_split_by_prompt():
@@ -372,7 +439,8 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     helpful.write_text("".join(line for line in EXAMPLES.read_text().splitlines(keepends=True)[:8]))
     result = launch("rl.py", *rl_args(run, f"reward.helpful_preferences={helpful}", "reward.eval_fraction=0.25"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[rl] reward: " in result.stdout and "held-out accuracy" in result.stdout
+    assert "[rl] reward: " in result.stdout and "held-out agreement with the labels" in result.stdout
+    assert "reward-model gold accuracy" in result.stdout and "score-length r on gold responses" in result.stdout
     manifest = json.loads((run / "manifest.json").read_text())
     info = manifest["stages"]["reward"]
     assert info["status"] == "done" and info["steps"] == 3 and info["soft_labels"] is True
@@ -382,6 +450,10 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     for key in ("accuracy", "ece", "brier", "label_mae", "length_correlation"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert -1.0 <= metrics["length_correlation"] <= 1.0
+    gold = info["gold"]  # the default gold set, scored by the trained reward model
+    assert gold["count"] == 100 and len(gold["per_kind"]) == 4 and -1.0 <= gold["length_correlation"] <= 1.0
+    assert gold["ci95"][0] <= gold["accuracy"] <= gold["ci95"][1]
+    assert info["length_balance"]["enabled"] is True and info["length_balance"]["chosen_longer"] + info["length_balance"]["chosen_shorter"] + info["length_balance"]["same_length"] == info["train"]
     assert manifest["models"]["reward_model"] == str(run / "reward_model")
     logs = [json.loads(line) for line in (run / "logs" / "reward.jsonl").read_text().splitlines()]
     assert any("loss" in entry for entry in logs)

@@ -160,11 +160,13 @@ def soft_preference_loss(
     rejected_rewards: torch.Tensor,
     p_chosen: torch.Tensor | float,
     margin: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bradley-Terry cross-entropy against a soft target, mean over the batch.
 
     -(p * logsigmoid(d) + (1 - p) * logsigmoid(-d)) with d = r_chosen - r_rejected - margin;
-    at p = 1 this is trl's RewardTrainer loss, -logsigmoid(d).
+    at p = 1 this is trl's RewardTrainer loss, -logsigmoid(d). With `weights` the mean is
+    weighted, sum(w * loss) / sum(w) (the length-balance remedy weights pairs).
     """
     import torch
     import torch.nn.functional as F
@@ -176,7 +178,10 @@ def soft_preference_loss(
     if bool(((p < 0) | (p > 1) | torch.isnan(p)).any()):
         raise CaiError("soft_preference_loss: p_chosen has values outside [0, 1]; preference labels must be probabilities")
     loss = -(p * F.logsigmoid(difference) + (1.0 - p) * F.logsigmoid(-difference))
-    return loss.mean()
+    if weights is None:
+        return loss.mean()
+    w = torch.as_tensor(weights, dtype=loss.dtype, device=loss.device)
+    return (w * loss).sum() / w.sum().clamp(min=1e-12)
 
 
 def drop_near_ties(p: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
@@ -222,3 +227,20 @@ def calibration(p_predicted: Sequence[float] | np.ndarray, outcome: Sequence[int
         accuracy=float(np.mean((p > 0.5) == (y == 1.0))),
         count=int(p.size),
     )
+
+
+def soft_calibration(p_predicted: Sequence[float] | np.ndarray, targets: Sequence[float] | np.ndarray, bins: int = 10) -> tuple[float, float]:
+    """(ECE, Brier) of predictions against the soft targets they were trained on.
+
+    ECE = sum over equal-width bins of |sum(target) - sum(p)| / N: 0 for a perfect soft fit
+    (p == target), where comparing with the winner (target rounded to 0/1) would report the
+    labels' own uncertainty as miscalibration (0.36 for a perfect fit to targets near 0.6).
+    Brier = mean (p - target)^2.
+    """
+    p = _probabilities(p_predicted, "soft_calibration").ravel()
+    t = _probabilities(targets, "soft_calibration").ravel()
+    if p.size == 0 or p.shape != t.shape:
+        raise ValueError(f"soft_calibration: {p.size} predictions for {t.size} targets")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(which, weights=t, minlength=bins) - np.bincount(which, weights=p, minlength=bins))
+    return float(gap.sum() / p.size), float(np.mean((p - t) ** 2))

@@ -8,9 +8,16 @@ each comparison counted as certain, p_chosen = 1). Departures, and why:
 - Every comparison is tokenized with `chat_format.scored_ids` (template up to the assistant
   header + response + one EOS), the exact ids a trl PPO rollout scores, and the score is read
   at that EOS; trl's own tokenization would render the assistant turn's trailing newline.
-- Calibration is measured on the held-out comparisons in both orders (confidence vs
-  accuracy, the usual reliability diagram); with every outcome "chosen wins" ECE would only
-  measure under-confidence. The mean gap to the soft labels is reported beside it.
+- Calibration is measured against the soft targets the model was trained on, each held-out
+  comparison in both orders (`ece`: a perfect soft fit scores 0); the ECE against the winner
+  (`ece_vs_winner`, the usual reliability diagram) is kept beside it, but it counts the
+  labels' own uncertainty as miscalibration (a perfect fit to 0.6 labels reports 0.36).
+- `reward.length_balance` weights the pairs so that pairs whose chosen response is longer
+  and pairs whose chosen is shorter carry equal total weight: a labeler (or a helpfulness
+  file) that mostly prefers the longer response otherwise teaches "longer is better".
+- The reward model is scored on the gold preference set (`feedback.gold`) after training:
+  accuracy per kind and per half with 95% intervals, and the score-length correlation on
+  gold responses, whose lengths do not predict the gold answer.
 - The reward model is always saved with LoRA merged: PPO loads it as a plain
   sequence-classification model (reward and value head), so an adapter cannot stand in.
 """
@@ -141,13 +148,13 @@ def split_held_out(comparisons: Sequence[Comparison], fraction: float, seed: int
 # ---------------------------------------------------------------- tokenization
 
 
-def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[Comparison], *, max_length: int, soft_labels: bool) -> tuple[list[dict[str, Any]], int]:
+def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[Comparison], *, max_length: int, soft_labels: bool, weights: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], int]:
     """trl's pre-tokenized columns (`chosen_ids`, `rejected_ids`), plus `p_chosen` for the soft loss.
 
     Returns the rows and how many comparisons had their prompt cut from the left to fit.
     """
     rows, truncated = [], 0
-    for c in comparisons:
+    for index, c in enumerate(comparisons):
         chosen = scored_ids(tokenizer, c.prompt, c.chosen, max_length=max_length)
         rejected = scored_ids(tokenizer, c.prompt, c.rejected, max_length=max_length)
         full = len(scored_ids(tokenizer, c.prompt, c.chosen)), len(scored_ids(tokenizer, c.prompt, c.rejected))
@@ -155,6 +162,8 @@ def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[Comparison], *, m
         row: dict[str, Any] = {"chosen_ids": chosen, "rejected_ids": rejected}
         if soft_labels:
             row["p_chosen"] = c.p_chosen
+        if weights is not None:
+            row["weight"] = float(weights[index])
         rows.append(row)
     return rows, truncated
 
@@ -229,8 +238,9 @@ def soft_label_classes() -> tuple[type, type]:
 
         def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
             batch = super().torch_call(examples)
-            if "p_chosen" in examples[0]:
-                batch["p_chosen"] = torch.tensor([e["p_chosen"] for e in examples], dtype=torch.float)
+            for column in ("p_chosen", "weight"):
+                if column in examples[0]:
+                    batch[column] = torch.tensor([e[column] for e in examples], dtype=torch.float)
             return batch
 
     class SoftRewardTrainer(RewardTrainer):
@@ -238,15 +248,18 @@ def soft_label_classes() -> tuple[type, type]:
 
         def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()  # trl keeps only chosen_ids, rejected_ids, margin
-            if "p_chosen" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "p_chosen"]
+            for column in ("p_chosen", "weight"):
+                if column not in self._signature_columns:
+                    self._signature_columns = [*self._signature_columns, column]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             p_chosen = inputs.pop("p_chosen", None)
+            weights = inputs.pop("weight", None)
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            if p_chosen is not None:  # trl's metrics stand; only the loss is replaced
+            if p_chosen is not None or weights is not None:  # trl's metrics stand; only the loss is replaced
                 chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-                loss = soft_preference_loss(chosen, rejected, p_chosen, inputs.get("margin"))
+                target = p_chosen if p_chosen is not None else torch.ones_like(chosen)
+                loss = soft_preference_loss(chosen, rejected, target, inputs.get("margin"), weights)
                 if self.args.center_rewards_coefficient is not None:
                     loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
             return (loss, outputs) if return_outputs else loss
@@ -254,12 +267,12 @@ def soft_label_classes() -> tuple[type, type]:
     return SoftRewardTrainer, SoftPreferenceCollator
 
 
-def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: Any, *, soft_labels: bool, peft_config: Any = None, callbacks: list[Any] = ()) -> Any:
-    """trl's RewardTrainer as is for hard labels; the soft-label subclass when `soft_labels`."""
+def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: Any, *, soft_labels: bool, weighted: bool = False, peft_config: Any = None, callbacks: list[Any] = ()) -> Any:
+    """trl's RewardTrainer as is for unweighted hard labels; the soft-label subclass for soft labels or pair weights."""
     from trl import RewardTrainer
 
     trainer_cls, collator = RewardTrainer, None
-    if soft_labels:
+    if soft_labels or weighted:
         trainer_cls, collator_cls = soft_label_classes()
         collator = collator_cls(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
     return trainer_cls(model=model, args=args, data_collator=collator, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
@@ -321,12 +334,14 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def held_out_metrics(chosen_scores: Sequence[float], rejected_scores: Sequence[float], p_chosen: Sequence[float], chosen_lengths: Sequence[int], rejected_lengths: Sequence[int], *, bins: int = 10) -> dict[str, Any]:
-    """Accuracy, calibration (ECE, Brier), gap to the soft labels, and the score-length correlation.
+    """Accuracy, calibration against the soft targets (ECE, Brier), gap to the soft labels, score-length correlation.
 
     Inputs are oriented (p_chosen >= 0.5). The predicted probability is sigmoid(r_c - r_r);
-    ties (p_chosen = 0.5) have no winner and are left out of accuracy and calibration.
-    Calibration bins each comparison in both orders: (p, chosen won) and (1 - p, lost).
+    ties (p_chosen = 0.5) have no winner and are left out of accuracy and `ece_vs_winner`.
+    Both ECEs bin each comparison in both orders: (p, target) and (1 - p, 1 - target).
     """
+    from cai.feedback.preference_math import soft_calibration
+
     chosen, rejected = np.asarray(chosen_scores, dtype=np.float64), np.asarray(rejected_scores, dtype=np.float64)
     labels = np.asarray(p_chosen, dtype=np.float64)
     predicted = np.exp(-np.logaddexp(0.0, rejected - chosen))  # sigmoid(r_c - r_r), no overflow
@@ -340,12 +355,53 @@ def held_out_metrics(chosen_scores: Sequence[float], rejected_scores: Sequence[f
         "accuracy": None,
         "ece": None,
         "brier": None,
+        "ece_vs_winner": None,
     }
+    if chosen.size:
+        ece, brier = soft_calibration(np.concatenate([predicted, 1.0 - predicted]), np.concatenate([labels, 1.0 - labels]), bins=bins)
+        result.update(ece=ece, brier=brier)
     if decided.any():
         p = predicted[decided]
         both = calibration(np.concatenate([p, 1.0 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)]), bins=bins)
-        result.update(accuracy=float(np.mean(chosen[decided] > rejected[decided])), ece=both.expected_calibration_error, brier=both.brier)
+        result.update(accuracy=float(np.mean(chosen[decided] > rejected[decided])), ece_vs_winner=both.expected_calibration_error)
     return result
+
+
+def length_balance_weights(chosen_lengths: Sequence[int], rejected_lengths: Sequence[int]) -> tuple[list[float], dict[str, Any]]:
+    """Pair weights giving chosen-longer and chosen-shorter pairs equal total weight (equal lengths: 1).
+
+    With n_long and n_short pairs in the two groups and N = n_long + n_short, each group's
+    pairs get N / (2 n_group), so both sum to N / 2 and the weights average 1. When one group
+    is empty nothing can balance it: every weight stays 1 and `balanced` is false.
+    """
+    longer = [c > r for c, r in zip(chosen_lengths, rejected_lengths, strict=True)]
+    shorter = [c < r for c, r in zip(chosen_lengths, rejected_lengths)]
+    n_long, n_short = sum(longer), sum(shorter)
+    decided = n_long + n_short
+    stats: dict[str, Any] = {"chosen_longer": n_long, "chosen_shorter": n_short, "same_length": len(longer) - decided, "chosen_longer_share": n_long / decided if decided else None}
+    if not n_long or not n_short:
+        return [1.0] * len(longer), {**stats, "balanced": False}
+    w_long, w_short = decided / (2 * n_long), decided / (2 * n_short)
+    weights = [w_long if lg else w_short if sh else 1.0 for lg, sh in zip(longer, shorter)]
+    return weights, {**stats, "balanced": True, "weight_chosen_longer": w_long, "weight_chosen_shorter": w_short}
+
+
+def gold_reward_metrics(model: Any, tokenizer: Any, pairs: Sequence[Any], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any]:
+    """The reward model on the gold set: accuracy (per kind, per half, 95% CI), calibration, score-length r on gold responses."""
+    from cai.chat_format import response_ids
+    from cai.feedback.gold import gold_metrics
+
+    ids = [scored_ids(tokenizer, p.prompt, text, max_length=max_length) for p in pairs for text in (p.chosen, p.rejected)]
+    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    chosen, rejected = np.asarray(scores[0::2]), np.asarray(scores[1::2])
+    p_gold = (np.exp(-np.logaddexp(0.0, rejected - chosen))).tolist()
+    metrics = gold_metrics(pairs, p_gold)
+    lengths = [len(response_ids(tokenizer, text)) for p in pairs for text in (p.chosen, p.rejected)]
+    metrics.pop("position_bias", None)
+    longer_wins = [(c > r) == (lc > lr) for c, r, lc, lr in zip(chosen, rejected, lengths[0::2], lengths[1::2]) if lc != lr]
+    metrics["length_correlation"] = pearson(scores, lengths)
+    metrics["prefers_longer_share"] = float(np.mean(longer_wins)) if longer_wins else None
+    return metrics
 
 
 # ---------------------------------------------------------------- saving

@@ -1,4 +1,8 @@
-"""The `reward` stage: a reward model trained on the AI labels, checked on a held-out split.
+"""The `reward` stage: a reward model trained on the AI labels, checked on a held-out split and on the gold set.
+
+Held-out accuracy only measures agreement with the labeler; the gold set (`feedback.gold`)
+measures whether the reward model prefers what people prefer, with the score-length
+correlation on gold responses beside it (their lengths do not predict the gold answer).
 
 Loading, scoring and the soft-label trainer are `cai.reward.model`; this module runs the stage.
 """
@@ -22,7 +26,9 @@ from cai.reward.model import (
     check_padding,
     check_same_tokenizer,
     comparison_from_record,
+    gold_reward_metrics,
     held_out_metrics,
+    length_balance_weights,
     load_reward_base,
     orient,
     read_helpful_preferences,
@@ -35,8 +41,8 @@ from cai.run_store import RunStore
 from cai.training import jsonl_log_callback, last_checkpoint, trainer_config
 
 
-def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool) -> str:
-    return content_fingerprint([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out]])
+def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool, weights: Sequence[float] | None = None) -> str:
+    return content_fingerprint([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out], list(weights) if weights is not None else None])
 
 
 def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
@@ -74,10 +80,14 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
             raise CaiError(f"{source_dir}: every preference is a tie (p_chosen = 0.5), nothing to train on with reward.soft_labels=false; use soft labels")
     train, held_out = split_held_out(oriented, settings.eval_fraction, config.seed)
     max_length = settings.training.max_length
-    rows, truncated = tokenize_comparisons(tokenizer, train, max_length=max_length, soft_labels=settings.soft_labels)
+    train_lengths = [(len(response_ids(tokenizer, c.chosen)), len(response_ids(tokenizer, c.rejected))) for c in train]
+    weights, length_balance = length_balance_weights([a for a, _ in train_lengths], [b for _, b in train_lengths])
+    length_balance["enabled"] = settings.length_balance
+    weighted = settings.length_balance and length_balance["balanced"]
+    rows, truncated = tokenize_comparisons(tokenizer, train, max_length=max_length, soft_labels=settings.soft_labels, weights=weights if weighted else None)
 
     checkpoints = store.root / layout.checkpoints("reward")
-    inputs = fingerprint(train, held_out, settings.soft_labels)
+    inputs = fingerprint(train, held_out, settings.soft_labels, weights if weighted else None)
     resume = last_checkpoint(checkpoints)
     started = store.stage_info("reward").get("inputs")
     if resume and started and started != inputs:
@@ -95,6 +105,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         Dataset.from_list(rows),
         tokenizer,
         soft_labels=settings.soft_labels,
+        weighted=weighted,
         peft_config=models.lora_config(config.lora, task_type="SEQ_CLS") if config.lora.enabled else None,
         callbacks=[jsonl_log_callback(store.root / layout.log("reward"), stage="reward")],
     )
@@ -103,6 +114,12 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     result = trainer.train(resume_from_checkpoint=resume)
 
     metrics = evaluate_held_out(trainer.model, tokenizer, held_out, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
+    gold = None
+    if config.feedback.gold:
+        from cai.feedback.gold import read_gold
+
+        gold = gold_reward_metrics(trainer.model, tokenizer, read_gold(config.feedback.gold), max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
+        gold["gold_set"] = config.feedback.gold
     save_reward_model(trainer, tokenizer, store.root / REWARD_MODEL, accelerator=accelerator)
     store.mark_stage(
         "reward",
@@ -116,14 +133,23 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         lora=config.lora.enabled,
         resumed_from=resume,
         held_out_metrics=metrics,
+        gold=gold,
+        length_balance=length_balance,
     )
     store.update_manifest(lambda m: m.setdefault("models", {}).update({REWARD_MODEL: str(store.root / REWARD_MODEL)}))
     if accelerator.is_main_process:
         quality = "no held-out set (reward.eval_fraction=0)"
         if metrics:
-            quality = f"held-out accuracy {_fmt(metrics['accuracy'])}, ECE {_fmt(metrics['ece'])}, score-length r {_fmt(metrics['length_correlation'])}"
+            quality = f"held-out agreement with the labels {_fmt(metrics['accuracy'])}, ECE vs soft targets {_fmt(metrics['ece'])}, score-length r {_fmt(metrics['length_correlation'])}"
         loss = f"loss {result.training_loss:.4f}" + (" (since the resume)" if resume else "")
-        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {quality} -> {store.root / REWARD_MODEL}")
+        share = length_balance["chosen_longer_share"]
+        balance = f"chosen longer in {share:.0%} of training pairs" if share is not None else "no length differences"
+        balance += ", length-balanced by weights" if weighted else (" (reward.length_balance=false)" if not settings.length_balance else "")
+        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {balance}; {quality} -> {store.root / REWARD_MODEL}")
+        if gold:
+            from cai.feedback.gold import describe
+
+            print(f"[rl] reward: {describe(gold, who='reward-model')}, score-length r on gold responses {_fmt(gold['length_correlation'])}, prefers the longer response in {_fmt(gold['prefers_longer_share'])} of gold pairs")
 
 
 def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[Comparison], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
