@@ -79,20 +79,26 @@ def check_model_reference(reference: str, *, setting: str) -> None:
 def check_lora_targets(reference: str, targets: str | list[str]) -> None:
     """Every `lora.target_modules` entry matches a module of the model (peft's rule: the full name
     or its last dotted parts); checked on a meta-device copy, so nothing loads."""
+    if isinstance(targets, str) or not reference:
+        return  # "all-linear" or a regex: peft's own rules
     directory = models.embedded_checkpoint_dir() if reference == models.EMBEDDED else Path(reference).expanduser()
-    if isinstance(targets, str) or not reference or not (directory / "config.json").is_file():
-        return  # "all-linear" / a regex: peft's own rules; a hub id or a model not made yet: checked at load
+    if (directory / "config.json").is_file():
+        source = str(directory)
+    elif not directory.exists() and reference != models.EMBEDDED and not reference.endswith(".gguf"):
+        source = reference  # a hub id: its config.json (from the cache when offline)
+    else:
+        return  # an adapter, a GGUF file, a model not made yet: checked when it loads
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
-    except (OSError, ValueError):
-        return  # the stage that loads it reports the problem
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    except Exception:  # offline without a cached config, an unknown architecture: the stage that loads it reports it
+        return
     names = [name for name, _ in model.named_modules() if name]
     suffixes = {".".join(name.split(".")[-k:]) for name in names for k in range(1, len(name.split(".")) + 1)}
     unknown = [target for target in targets if target not in suffixes]
     if unknown:
-        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and not list(module.children())})
-        raise CaiError(f"lora.target_modules: {', '.join(map(repr, unknown))} not in {reference} (its layers: {', '.join(leaves)}); use some of those or 'all-linear'")
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if getattr(getattr(module, "weight", None), "ndim", 0) == 2})
+        raise CaiError(f"lora.target_modules: {', '.join(map(repr, unknown))} not in {reference} (its weight layers: {', '.join(layers)}); use some of those or 'all-linear'")
