@@ -181,6 +181,19 @@ def end_of_turn_id(tokenizer: Any) -> int:
     return found
 
 
+def with_end_of_turn_as_eos(tokenizer: Any) -> Any:
+    """The tokenizer, or a copy whose EOS is the end-of-turn token, for trl trainers (GRPO, RLOO)
+    that stop generation and mask completions at `tokenizer.eos_token_id` only."""
+    end = end_of_turn_id(tokenizer)
+    if end == tokenizer.eos_token_id:
+        return tokenizer
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.eos_token = other.convert_ids_to_tokens(end)
+    return other
+
+
 def end_of_turn_ids(tokenizer: Any, model: Any = None) -> list[int]:
     """Every id that ends a response: the template's end of turn first, then the model's
     generation_config.eos_token_id (an int or a list), then the tokenizer's EOS."""

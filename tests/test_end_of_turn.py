@@ -125,3 +125,16 @@ def test_ppo_truncates_and_reads_the_reward_at_the_end_of_turn(gemma_like, tiny_
     with pytest.raises(Built):
         build_ppo(config, Accelerator(cpu=True), tokenizer=tokenizer, policy_ref=ref, reward_ref=ref, query_ids=queries, checkpoints=tmp_path / "ck", callbacks=[])
     assert seen["stop_token_id"] == end and seen["stop_token"] is None
+
+
+def test_grpo_and_rloo_see_the_end_of_turn_as_eos(gemma_like, tiny_model_dir):
+    """trl's GRPO/RLOO stop and mask at `eos_token_id`; they get a tokenizer whose EOS is the turn end."""
+    from cai import models
+
+    tokenizer, end = gemma_like
+    eos = tokenizer.eos_token_id
+    for_trl = models.with_end_of_turn_as_eos(tokenizer)
+    assert for_trl.eos_token_id == end and tokenizer.eos_token_id == eos
+    assert models.end_of_turn_id(for_trl) == end
+    chatml = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
+    assert models.with_end_of_turn_as_eos(chatml) is chatml

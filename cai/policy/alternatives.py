@@ -105,7 +105,7 @@ def build_online(algorithm: str, config: RLRunConfig, *, tokenizer: Any, policy_
         reward_funcs=score,
         args=args,
         train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts]),
-        processing_class=tokenizer,
+        processing_class=models.with_end_of_turn_as_eos(tokenizer),  # trl stops and masks at eos_token_id only
         callbacks=callbacks,
         peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
     )
