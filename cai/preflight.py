@@ -18,7 +18,14 @@ from cai.prompt_sources import check_prompt_file, is_file_source
 from cai.run_store import RunStore
 
 MODEL_SETTINGS = ("model", "sl.critique_model", "feedback.model", "reward.model")
-PROMPT_SETTINGS = ("prompts.red_team", "prompts.helpful")
+# prompt files and the stages that read them (a file no selected stage reads is not checked)
+PROMPT_SETTINGS = {
+    "prompts.red_team": ("generate", "sample", "policy"),
+    "prompts.helpful": ("generate", "sample", "policy"),
+    "eval.red_team": ("eval",),
+    "eval.helpful": ("eval",),
+    "eval.benign": ("eval",),
+}
 
 
 def check_before_run(config: Any) -> None:
@@ -31,8 +38,10 @@ def check_before_run(config: Any) -> None:
         reference = lookup(config, setting)
         if isinstance(reference, str) and reference.strip():
             check_model_reference(reference, setting=setting)
-    for setting in PROMPT_SETTINGS:
+    for setting, readers in PROMPT_SETTINGS.items():
         source = lookup(config, setting)
+        if not set(readers) & set(getattr(config, "stages", ())):
+            continue
         if isinstance(source, str) and source.strip() and is_file_source(source):
             check_prompt_file(Path(source).expanduser(), setting)
     lora = getattr(config, "lora", None)

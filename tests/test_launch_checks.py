@@ -193,3 +193,17 @@ def test_shards_and_manifest_get_the_umask_mode(tmp_path):
         os.umask(old)
     for path in (store.shard_path("pairs", 0), store.manifest_path, tmp_path / "x.txt"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_binary_eval_prompt_file_and_unread_files_are_not_checked(tmp_path):
+    binary = tmp_path / "eval.jsonl"
+    binary.write_bytes(BINARY)
+    result = run_script("rl.py", f"output_dir={tmp_path / 'run'}", "stages=eval", f"eval.helpful={binary}")
+    assert_one_line(result, f"eval.helpful: {binary} is not UTF-8 text")
+    assert not (tmp_path / "run").exists()
+
+    from cai.config import SLRunConfig, load_config
+    from cai.preflight import check_before_run
+
+    config = load_config(SLRunConfig, None, [f"output_dir={tmp_path / 'sl'}", f"prompts.red_team={binary}", "stages=sft"])
+    check_before_run(config)  # sft reads no prompt file
