@@ -9,6 +9,7 @@ over tokens (not sums) keep it from favouring short or long completions.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages]
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
+    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
     for start in range(0, len(order), max(1, batch_size)):
         batch = order[start : start + batch_size]
         width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
@@ -39,14 +41,17 @@ def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages]
             sequence = rows[i][0] + rows[i][1]
             ids[row, : len(sequence)] = torch.tensor(sequence)
             mask[row, : len(sequence)] = 1
+        # logits only where some row's completion is predicted: the lm head over a long prompt is most of the cost
+        first = min(len(rows[i][0]) for i in batch) - 1
+        extra = {"logits_to_keep": width - first} if keep_last else {}
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(model.device)
-        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).logits
+        logits = logits[:, -(width - first) :].float()  # position first + k predicts token first + k + 1
+        targets = ids[:, first + 1 :].to(model.device)
+        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         for row, i in enumerate(batch):
             prefix_length, body_length = len(rows[i][0]), len(rows[i][1])
-            span = token_logprobs[row, prefix_length - 1 : prefix_length - 1 + body_length]
+            span = token_logprobs[row, prefix_length - 1 - first : prefix_length - 1 - first + body_length]
             scores[i] = float(span.mean())
     return scores
 

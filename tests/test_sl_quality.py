@@ -207,6 +207,8 @@ def test_best_of_n_keeps_the_preferred_sample_that_passes_the_gates():
     assert records[1]["rounds"][0]["margin"] == pytest.approx(2.0)
     assert len(records[0]["rounds"][0]["candidates"]) == 3 and records[0]["rounds"][0]["candidates"][0]["failures"] == "meta_commentary"
     assert len(set(keys_seen)) == 6
+    stats = gate_statistics(records)
+    assert stats["candidates"] == 6 and stats["candidates_rejected_by_gate"] == {"meta_commentary": 1}
 
 
 def test_data_card_counts_come_from_the_records():

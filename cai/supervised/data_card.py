@@ -26,6 +26,8 @@ def gate_statistics(records: list[dict[str, Any]]) -> dict[str, Any]:
     first_reason = Counter(gate_names(step["failures"])[0] for step in steps if not step["accepted"])
     any_reason = Counter(f for step in steps for f in gate_names(step["failures"]))
     last_rejected = [r for r in red if r["rounds"] and not r["rounds"][-1]["accepted"]]
+    candidates = [c for step in steps for c in step.get("candidates", [])]
+    candidate_reason = Counter(gate_names(c["failures"])[0] for c in candidates if c["failures"])
     return {
         "records": len(records),
         "red_team": len(red),
@@ -34,6 +36,8 @@ def gate_statistics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "revisions_accepted": sum(step["accepted"] for step in steps),
         "rejected_by_gate": {gate: first_reason[gate] for gate in GATES if first_reason[gate]},
         "failing_gate": {gate: any_reason[gate] for gate in GATES if any_reason[gate]},
+        "candidates": len(candidates),
+        "candidates_rejected_by_gate": {gate: candidate_reason[gate] for gate in GATES if candidate_reason[gate]},
         "red_team_targets": sum(bool(r["target"]) for r in red),
         "fallback_to_earlier_round": sum(bool(r["target"]) for r in last_rejected),
         "dropped_red_team": sum(not r["target"] for r in red),
@@ -54,8 +58,12 @@ def summary_lines(stats: dict[str, Any], card: Path) -> str:
     revisions = stats["revisions"] or 1
     share = stats["revisions_accepted"] / revisions
     gates = ", ".join(f"{gate} {count}" for gate, count in stats["rejected_by_gate"].items()) or "none"
+    sampled = ""
+    if stats["candidates"]:
+        rejected = sum(stats["candidates_rejected_by_gate"].values())
+        sampled = f" (best of {stats['candidates']} samples, {rejected} of them rejected: " + (", ".join(f"{g} {c}" for g, c in stats["candidates_rejected_by_gate"].items()) or "none") + ")"
     lines = [
-        f"[sl] quality gates: {stats['revisions_accepted']}/{stats['revisions']} revisions accepted ({share:.0%}); rejected by {gates}",
+        f"[sl] quality gates: {stats['revisions_accepted']}/{stats['revisions']} revisions accepted ({share:.0%}){sampled}; rejected by {gates}",
         f"[sl] SFT targets: {stats['red_team_targets']}/{stats['red_team']} red-team prompts ({stats['fallback_to_earlier_round']} from an earlier round, "
         f"{stats['dropped_red_team']} dropped), {stats['helpful_targets']}/{stats['helpful']} helpful answers; data card: {card}",
     ]
@@ -87,6 +95,9 @@ def data_card(records: list[dict[str, Any]], stats: dict[str, Any], *, constitut
         "|---|---|---|",
     ]
     out += [f"| {gate} | {stats['rejected_by_gate'].get(gate, 0)} | {stats['failing_gate'].get(gate, 0)} |" for gate in GATES]
+    if stats["candidates"]:
+        rejected = ", ".join(f"{gate} {count}" for gate, count in stats["candidates_rejected_by_gate"].items()) or "none"
+        out += ["", f"Best-of-n: {stats['candidates']} sampled revisions, rejected before selection: {rejected}."]
     out += ["", "## Principles drawn", "", "| principle | rounds |", "|---|---|"]
     out += [f"| {pid} | {count} |" for pid, count in stats["principle_usage"].items()]
     rules = ", ".join(f"{rule}: {count}" for rule, count in stats["principle_rules"].items())
