@@ -52,6 +52,7 @@ EVAL_SCORES = f"{EVAL}/scores"
 EVAL_JUDGEMENTS = f"{EVAL}/judgements"
 EVAL_REFUSAL_JUDGE = f"{EVAL}/refusal_judge"
 EVAL_METRICS = f"{EVAL}/metrics.json"
+EVAL_JUDGE_GOLD = f"{EVAL}/judge_gold.json"  # the pairwise judge on the gold set, kept so a rerun need not load it
 REPORT = "report"
 
 POOL_FILES = {"red_team": "pool.jsonl", "helpful": "helpful_pool.jsonl"}

@@ -328,3 +328,52 @@ def test_audit_feedback_without_a_feedback_model(tmp_path):
 
     result = run_module("audit-feedback", "--config", str(ROOT / "configs" / "demo" / "rl.yaml"), f"output_dir={tmp_path / 'none'}")
     assert_one_line(result, "feedback.model: no SL run in", "feedback.model=embedded")
+
+
+# ------------------------------------------------------------------ the report says how good the feedback was
+
+
+def test_report_states_gold_accuracy_and_says_when_it_is_at_chance(tmp_path):
+    from cai.evaluation.feedback_quality import judge_gold_lines
+    from cai.evaluation.report import build_report
+
+    pairs = read_gold(GOLD)
+    harmful = {"harmful_safe_vs_unsafe", "subtle_harm"}
+    at_chance = gold_metrics(pairs, [0.9 if p.kind in harmful else 0.2 for p in pairs], raw_first_votes=[0.6] * 200)
+    good = gold_metrics(pairs, [0.9 if i % 10 else 0.3 for i in range(100)])
+    manifest = {
+        "stages": {
+            "label": {"status": "done", "method": "likelihood_ratio", "gold": {**at_chance, "gold_set": "examples/gold_preferences.jsonl"}},
+            "reward": {"status": "done", "gold": {**good, "gold_set": "examples/gold_preferences.jsonl", "length_correlation": 0.12, "prefers_longer_share": 0.55}, "length_balance": {"chosen_longer_share": 0.8, "enabled": True, "balanced": True}},
+        }
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(tmp_path).path.read_text()
+    assert "## Feedback quality on the gold set" in text
+    assert "| labeler (likelihood_ratio) | 100 | 50% [40%, 60%] | 100% [" in text and "| reward model | 100 | 90% [" in text
+    assert "**The labeler is at chance on the gold set**" in text and "first-shown response won 100% of raw votes" in text
+    assert "The reward model agrees with the gold set more often than chance (90%" in text and "score-length correlation on gold responses 0.12" in text
+    assert "balanced by weights" in text
+    chance_lines = judge_gold_lines({"judge_gold": at_chance})[0]
+    assert "Judge accuracy on the gold set: 50% [40%, 60%]" in chance_lines and "Do not read the Elo below" in chance_lines
+    assert "Do not read" not in judge_gold_lines({"judge_gold": good})[0]
+    assert "nothing says whether this Elo means anything" in judge_gold_lines({})[0]
+
+
+# ------------------------------------------------------------------ RL's before/after reward is on held-out prompts
+
+
+def test_reward_before_and_after_uses_held_out_prompts_disjoint_from_training(tmp_path):
+    from cai.config import EvalConfig
+    from cai.policy.stage import held_out_reward_prompts
+    from cai.prompt_sources import load_prompts
+
+    red = [p.prompt for p in load_prompts(str(ROOT / "examples" / "eval_red_team.jsonl"), kind="red_team", shuffle=False, setting="x")]
+    helpful = [p.prompt for p in load_prompts(str(ROOT / "examples" / "eval_helpful.jsonl"), kind="helpful", shuffle=False, setting="x")]
+    training = [p.prompt for p in load_prompts(str(ROOT / "examples" / "red_team.jsonl"), kind="red_team", shuffle=False, setting="x")]
+    training += ["  " + red[0].upper() + " "]  # a training prompt that repeats a held-out one (case and spacing aside)
+    settings = EvalConfig(red_team=str(ROOT / "examples" / "eval_red_team.jsonl"), helpful=str(ROOT / "examples" / "eval_helpful.jsonl"))
+    chosen = held_out_reward_prompts(settings, training=training, per_set=4)
+    assert red[0] not in chosen and chosen[:4] == red[1:5] and chosen[4:8] == helpful[:4]
+    normal = {" ".join(t.split()).lower() for t in training}
+    assert not any(" ".join(c.split()).lower() in normal for c in chosen)

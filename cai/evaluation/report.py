@@ -50,7 +50,7 @@ POLICY_PANELS = (
 REQUIRED_POLICY_PANELS = 3  # reward, KL, entropy: drawn (empty if never logged) whatever the algorithm
 LOSS_KEYS = ("loss", "eval_loss")
 EXAMPLE_CHARS = 400
-KIND_TITLES = {"red_team": "red-team prompts", "helpful": "helpful prompts", "all": "all prompts"}
+KIND_TITLES = {"red_team": "red-team prompts", "helpful": "helpful prompts", "benign": "benign prompts that sound alarming", "all": "all prompts"}
 
 
 @dataclass(frozen=True)
@@ -355,6 +355,9 @@ def elo_section(metrics: dict[str, Any]) -> list[str]:
         "Identical responses count as ties without asking the judge.",
         "",
     ]
+    from cai.evaluation.feedback_quality import judge_gold_lines
+
+    lines += judge_gold_lines(metrics)
     bias = metrics.get("judge_position_bias")
     if bias:
         lines += [f"Judge position bias before debiasing: the first-shown response got p > 0.5 in {pct(bias['first_preferred_share'])} of {bias['votes']} votes (mean P(first) {fmt(bias['mean_p_first'])}).", ""]
@@ -563,6 +566,9 @@ def build_report(run_dir: str | Path, *, output: str | Path | None = None) -> Re
         body += refusal_section(metrics)
         body += ["![refusals](refusal.png)", ""]
         body += responses_section(metrics)
+    from cai.evaluation.feedback_quality import feedback_quality_section
+
+    body += feedback_quality_section(run_dir)
     body += sl_data_section(run_dir)
     body += training_section(logs, plots)
     if metrics is not None:

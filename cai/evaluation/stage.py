@@ -348,16 +348,42 @@ class FeedbackModel:
 
     def pair_judge(self, constitution: Any, settings: FeedbackConfig, generation: GenerationConfig, seed: int) -> PairJudge:
         def judge(comparisons: Sequence[Any]) -> Sequence[Any]:
-            from cai.feedback.judge import judge as feedback_judge
+            from cai.feedback.methods import label_comparisons
 
             model, tokenizer = self.load()
-            return feedback_judge(model, tokenizer, comparisons, constitution, settings, self.accelerator, seed=seed, generation=generation)
+            return label_comparisons(model, tokenizer, comparisons, constitution, settings, self.accelerator, seed=seed, generation=generation)
 
         return judge
 
     def release(self) -> None:
         self._loaded = None
         free_memory()
+
+
+def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunConfig, store: RunStore, *, tag: str) -> dict[str, Any]:
+    """The pairwise judge, exactly as it judged the models, on the gold preference set: is its Elo worth reading?
+
+    Kept in `eval/judge_gold.json` with what it depends on, so a rerun with every record on disk loads no model.
+    """
+    from cai.feedback.gold import audit_labeler, describe, read_gold
+
+    pairs = read_gold(config.feedback.gold, setting="feedback.gold")
+    settings = {k: v for k, v in dataclasses.asdict(config.feedback).items() if k not in ("batch_size", "chunk_size", "model", "gold")}
+    key = fingerprint([dataclasses.astuple(p) for p in pairs], feedback.reference, settings, constitution.content_hash, [p.id for p in constitution.preferences], config.seed)
+    path = store.root / layout.EVAL_JUDGE_GOLD
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved.get("fingerprint") == key:
+        metrics = saved["metrics"]
+    else:
+        judge = feedback.pair_judge(constitution, config.feedback, config.generation, config.seed)
+        metrics, _ = audit_labeler(judge, pairs, method=config.feedback.method)
+        metrics["gold_set"] = config.feedback.gold
+        if feedback.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"fingerprint": key, "metrics": metrics}, indent=1) + "\n")
+    if feedback.accelerator.is_main_process:
+        print(f"[{tag}] eval: {describe(metrics, who='judge')}")
+    return metrics
 
 
 def pairwise_items(order: Sequence[str], generations: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -510,6 +536,7 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
     scores = score_all(reward_ref, order, generations, config, store, accelerator, tag=tag, names=names) if reward_ref else []
     judgements = judge_all(order, generations, feedback, judged_constitution, config, store, accelerator, tag=tag, names=names) if judge_wanted else []
     refusal_judged = refusal_judge_all(order, generations, labels, feedback, config, store, accelerator, tag=tag, names=names) if settings.refusal_judge else []
+    judge_gold = judge_gold_audit(feedback, judged_constitution, config, store, tag=tag) if judge_wanted and config.feedback.gold else None
     if feedback is not None:
         feedback.release()
 
@@ -533,6 +560,7 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
             "debias_positions": config.feedback.debias_positions,
             "bootstrap_rounds": settings.bootstrap_rounds,
         },
+        "judge_gold": judge_gold,
         "refusal_labels": settings.refusal_labels,
         "constitution": constitution.manifest_entry(),
         "show_examples": settings.show_examples,
