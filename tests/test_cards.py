@@ -246,3 +246,13 @@ def test_cards_never_change_what_a_resume_fingerprints(tmp_path):
     assert card.stat().st_mtime_ns == stamp
     cards.write_cards(root, repo_ids={"sl_model": "me/other"})
     assert "# me/other" in card.read_text() and files_stamp(root / "sl_model") == before
+
+
+def test_labels_at_chance_are_said_in_words(tmp_path):
+    root = make_run(tmp_path / "run")
+    assert "**Warning:**" not in cards.model_card(root, "rl_model")
+    RunStore(root).mark_stage("label", "done", gold={"accuracy": 0.51, "ci95": [0.4134, 0.6057], "count": 100, "at_chance": True})
+    for text in (cards.model_card(root, "rl_model"), cards.model_card(root, "reward_model"), cards.dataset_card(root, "preferences")):
+        assert "> **Warning:** the feedback model agreed with the gold preference set 51% (95% CI 41%-61%) on 100 pairs, which is chance" in text
+        assert "| gold.ci95 | 0.4134, 0.6057 |" in text
+    assert "**Warning:**" not in cards.model_card(root, "sl_model")
