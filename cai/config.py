@@ -595,7 +595,7 @@ class FeedbackConfig:
 
     model: str | None = setting(None, "feedback model (null: the SL run's base model)")
     method: FeedbackMethod = setting("multiple_choice", "multiple_choice (the paper's (A)/(B) judge), contrastive (RLCD pairs), pointwise (yes/no per response) or likelihood_ratio")
-    ratio_scale: float = setting(20.0, "likelihood_ratio: P(first) = sigmoid(ratio_scale * (ratio_1 - ratio_2))", gt=0)
+    ratio_scale: float = setting(10.0, "likelihood_ratio: P(first) = sigmoid(ratio_scale * (ratio_1 - ratio_2)); 10 calibrates SmolLM2-135M best on the gold set", gt=0)
     balance_principle: str | None = setting("less-evasive", "likelihood_ratio: preference principle averaged with every drawn one, against favouring refusals (null: none)")
     contrastive_p: float = setting(0.9, "contrastive: P(harmless-side response better) when the judge does not agree with the construction", ge=0.5, le=1)
     contrastive_judge: PairJudgeMethod | None = setting(None, "contrastive: method whose probability is used where it agrees with the construction (null: always contrastive_p)")

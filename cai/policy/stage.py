@@ -7,9 +7,13 @@ tokenizer), `logs/policy.jsonl`, and a manifest entry with the algorithm, the ke
 the mean reward of greedy responses on a fixed prompt subset before and after training.
 
 Departures from the paper, and why: the paper mixes in human helpfulness prompts; here they
-are optional (`prompts.helpful`). The before/after reward is measured on greedy responses
-(scored on `chat_format.scored_ids`, the format the reward model was trained on), a fixed
-and cheap yardstick rather than the paper's Elo evaluations (those are the eval stage's job).
+are optional (`prompts.helpful`, set in the shipped configs). The before/after reward is
+measured on greedy responses to held-out prompts (the first of `eval.red_team`, `eval.helpful`
+and `eval.benign`, minus any that also appear among the training prompts), scored on
+`chat_format.scored_ids`: a fixed and cheap yardstick rather than the paper's Elo evaluations
+(those are the eval stage's job). It is still the reward model being optimised, so a rise
+says the policy learnt what the reward model wants, not that the reward model is right (its
+gold accuracy, in the reward stage's manifest entry, says that).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from cai.training import (
 )
 
 NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
-EVAL_PROMPTS = 16  # the fixed subset (first prompts of the seeded selection) scored before and after
+EVAL_PROMPTS = 8  # held-out prompts per eval set (red-team, helpful, benign) scored before and after
 STAGE = "policy"
 RESUMABLE_TRAINING = ("logging_steps", "save_steps", "save_total_limit", "report_to")  # no effect on the weights
 RUN_SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
@@ -104,7 +108,7 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     if config.lora.enabled and not config.lora.merge and policy_ref.is_adapter:
         raise CaiError(f"lora.merge: the SL model {policy_ref.name} is itself a LoRA adapter (merged before RL), so an RL adapter saved on its own would sit on the wrong base; set lora.merge=true")
     prompts, queries = usable_prompts(config, tokenizer)
-    eval_prompts = prompts[:EVAL_PROMPTS]
+    eval_prompts = held_out_reward_prompts(config.eval, training=prompts)
     checkpoints = layout.existing(store.root, layout.checkpoints(STAGE), STAGE)  # an older run: checkpoints/ppo
     inputs = policy_fingerprint(config, policy_ref=policy_ref, reward_ref=reward_ref, prompts=prompts, pairs=pairs)
     check_same_inputs(store, stage=STAGE, records_dir=STAGE, fingerprint=inputs, checkpoints=checkpoints)
@@ -135,7 +139,7 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         if run.step0:
             print(f"[rl] policy: step-0 check passed (ratio gap {run.step0['step0/ratio_gap']:.1e}, reference gap {run.step0['step0/reference_gap']:.1e}, KL {run.step0['step0/kl']:.1e})")
         if before is not None:
-            print(f"[rl] policy: mean reward before training {before:.4f} ({len(eval_prompts)} prompts, greedy)")
+            print(f"[rl] policy: mean reward before training {before:.4f} ({len(eval_prompts)} held-out prompts from eval.*, none trained on; greedy)")
 
     run.train()
     trainer = run.trainer
@@ -250,6 +254,23 @@ def load_frozen_reward(reward_ref: models.ModelRef, tokenizer: Any, accelerator:
     model = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.requires_grad_(False).eval().to(accelerator.device)
+
+
+def held_out_reward_prompts(settings: Any, *, training: list[str], per_set: int = EVAL_PROMPTS) -> list[str]:
+    """The first `per_set` prompts of each held-out eval set (`eval.red_team`, `eval.helpful`, `eval.benign`), none of them a training prompt."""
+    from cai.prompt_sources import load_prompts
+
+    seen = {" ".join(p.split()).lower() for p in training}
+    chosen: list[str] = []
+    sources = [("red_team", settings.red_team, "eval.red_team"), ("helpful", settings.helpful, "eval.helpful"), ("helpful", getattr(settings, "benign", None), "eval.benign")]
+    for kind, source, setting in sources:
+        if not source:
+            continue
+        fresh = [p.prompt for p in load_prompts(source, kind=kind, shuffle=False, setting=setting) if " ".join(p.prompt.split()).lower() not in seen]
+        chosen += fresh[:per_set]
+    if not chosen:
+        raise CaiError("eval.red_team: no held-out prompt left to measure the reward before and after training (all are training prompts); point eval.red_team at prompts the policy does not train on")
+    return chosen
 
 
 def mean_reward(model: Any, tokenizer: Any, prompts: list[str], scorer: Any, config: RLRunConfig, accelerator: Any) -> float:
