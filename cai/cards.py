@@ -151,17 +151,28 @@ def flatten(info: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tupl
     return rows
 
 
+GOLD_AUDITS = (  # (stage, who was audited, what it means, the artefacts that rest on it)
+    (
+        "label",
+        "the feedback model",
+        "these preference labels carry no measurable constitutional signal, and a model trained on them learned no more than that. Use a stronger feedback model (`feedback.model`) or another `feedback.method`",
+        (layout.PREFERENCES, layout.REWARD_MODEL, layout.RL_MODEL),
+    ),
+    ("reward", "the reward model", "its scores carry no measurable constitutional signal, so optimising against them teaches the policy nothing the constitution asks for", (layout.REWARD_MODEL, layout.RL_MODEL)),
+)
+
+
 def label_warning(manifest: dict[str, Any], artefact: str) -> list[str]:
-    """In words, when the labels this artefact rests on were measured to carry no signal (the label stage's gold audit)."""
-    gold = manifest.get("stages", {}).get("label", {}).get("gold") or {}
-    if artefact not in (layout.PREFERENCES, layout.REWARD_MODEL, layout.RL_MODEL) or not gold.get("at_chance"):
-        return []
-    accuracy, interval = gold.get("accuracy"), gold.get("ci95") or []
-    measured = f"{accuracy:.0%}" + (f" (95% CI {interval[0]:.0%}-{interval[1]:.0%})" if len(interval) == 2 else "") if isinstance(accuracy, float) else "at chance"
-    return [
-        f"> **Warning:** the feedback model agreed with the gold preference set {measured} on {gold.get('count', '?')} pairs, which is chance: "
-        "these preference labels carry no measurable constitutional signal, and a model trained on them learned no more than that. Use a stronger feedback model (`feedback.model`) or another `feedback.method`."
-    ]
+    """In words, when a gold-set audit this artefact rests on (labels, reward model) measured chance."""
+    lines = []
+    for stage, who, meaning, artefacts in GOLD_AUDITS:
+        gold = manifest.get("stages", {}).get(stage, {}).get("gold") or {}
+        if artefact not in artefacts or not gold.get("at_chance"):
+            continue
+        accuracy, interval = gold.get("accuracy"), gold.get("ci95") or []
+        measured = f"{accuracy:.0%}" + (f" (95% CI {interval[0]:.0%}-{interval[1]:.0%})" if len(interval) == 2 else "") if isinstance(accuracy, float) else "at chance"
+        lines.append(f"> **Warning:** {who} agreed with the gold preference set {measured} on {gold.get('count', '?')} pairs, which is chance: {meaning}.")
+    return [line for pair in zip(lines, [">"] * len(lines)) for line in pair][:-1]
 
 
 def eval_headline(manifest: dict[str, Any], artefact: str) -> list[str]:

@@ -256,3 +256,7 @@ def test_labels_at_chance_are_said_in_words(tmp_path):
         assert "> **Warning:** the feedback model agreed with the gold preference set 51% (95% CI 41%-61%) on 100 pairs, which is chance" in text
         assert "| gold.ci95 | 0.4134, 0.6057 |" in text
     assert "**Warning:**" not in cards.model_card(root, "sl_model")
+    RunStore(root).mark_stage("reward", "done", gold={"accuracy": 0.58, "ci95": [0.48, 0.67], "count": 100, "at_chance": True})
+    text = cards.model_card(root, "reward_model")
+    assert "> **Warning:** the reward model agreed with the gold preference set 58% (95% CI 48%-67%) on 100 pairs, which is chance" in text
+    assert text.count("> **Warning:**") == 2 and "**Warning:** the reward model" not in cards.dataset_card(root, "preferences")
