@@ -284,6 +284,7 @@ def test_label_stage_reports_gold_accuracy_in_manifest_and_output(tmp_path, tiny
     lo, hi = gold_info["ci95"]
     assert lo <= gold_info["accuracy"] <= hi and sum(k["count"] for k in gold_info["per_kind"].values()) == 8
     assert gold_info["position_bias"]["votes"] == 16  # 8 pairs x 1 principle x 2 orders
+    assert isinstance(gold_info["audit_key"], str) and len(gold_info["audit_key"]) == 16
     per_pair = [json.loads(line) for line in (root / "label_gold.jsonl").read_text().splitlines()]
     assert [r["gold_first"] for r in per_pair] == [True, False] * 4
     assert f"gold accuracy {gold_info['accuracy']:.0%}" in result.stdout
@@ -377,3 +378,44 @@ def test_reward_before_and_after_uses_held_out_prompts_disjoint_from_training(tm
     assert red[0] not in chosen and chosen[:4] == red[1:5] and chosen[4:8] == helpful[:4]
     normal = {" ".join(t.split()).lower() for t in training}
     assert not any(" ".join(c.split()).lower() in normal for c in chosen)
+
+
+def test_audit_key_names_what_the_audit_depends_on(constitution):
+    from cai.feedback.gold import audit_key
+
+    pairs = read_gold(GOLD)[:4]
+    base = audit_key(pairs, "m", FeedbackConfig(), constitution, 0)
+    assert base == audit_key(pairs, "m", FeedbackConfig(batch_size=3, chunk_size=5, gold="elsewhere.jsonl"), constitution, 0)
+    for changed in (audit_key(pairs, "m", FeedbackConfig(method="pointwise"), constitution, 0), audit_key(pairs, "other", FeedbackConfig(), constitution, 0), audit_key(pairs, "m", FeedbackConfig(), constitution, 1), audit_key(pairs[:3], "m", FeedbackConfig(), constitution, 0)):
+        assert changed != base
+
+
+def test_eval_judge_reuses_the_labelers_gold_audit_when_it_is_the_same_labeler(tmp_path, constitution):
+    from accelerate import Accelerator
+
+    from cai.config import RLRunConfig
+    from cai.evaluation.stage import judge_gold_audit
+    from cai.feedback.gold import audit_key
+    from cai.run_store import RunStore
+
+    gold = small_gold(tmp_path / "gold.jsonl", 4)
+    config = RLRunConfig(output_dir=str(tmp_path / "run"), feedback=FeedbackConfig(gold=str(gold)))
+    store = RunStore(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+
+    class Feedback:  # the judge must not be asked: the label stage's audit stands
+        reference = "the-labeler"
+        accelerator = Accelerator(cpu=True)
+
+        def pair_judge(self, *args):
+            def judge(comparisons):
+                raise AssertionError("the judge was run although the labeler's audit matches")
+
+            return judge
+
+    labeler = {"accuracy": 0.75, "ci95": [0.3, 0.95], "count": 4, "audit_key": audit_key(read_gold(gold), "the-labeler", config.feedback, constitution, config.seed), "per_kind": {}, "calibration": {"ece": 0.1}}
+    store.mark_stage("label", "done", gold=labeler)
+    assert judge_gold_audit(Feedback(), constitution, config, store, tag="t")["accuracy"] == 0.75
+    other = RLRunConfig(output_dir=str(tmp_path / "run"), feedback=FeedbackConfig(gold=str(gold), method="pointwise"))
+    with pytest.raises(AssertionError, match="the judge was run"):
+        judge_gold_audit(Feedback(), constitution, other, store, tag="t")

@@ -363,17 +363,20 @@ class FeedbackModel:
 def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunConfig, store: RunStore, *, tag: str) -> dict[str, Any]:
     """The pairwise judge, exactly as it judged the models, on the gold preference set: is its Elo worth reading?
 
-    Kept in `eval/judge_gold.json` with what it depends on, so a rerun with every record on disk loads no model.
+    Kept in `eval/judge_gold.json` with what it depends on, so a rerun with every record on disk loads no
+    model; when the judge is this run's labeler with the same settings, the label stage's audit is reused.
     """
-    from cai.feedback.gold import audit_labeler, describe, read_gold
+    from cai.feedback.gold import audit_key, audit_labeler, describe, read_gold
 
     pairs = read_gold(config.feedback.gold, setting="feedback.gold")
-    settings = {k: v for k, v in dataclasses.asdict(config.feedback).items() if k not in ("batch_size", "chunk_size", "model", "gold")}
-    key = fingerprint([dataclasses.astuple(p) for p in pairs], feedback.reference, settings, constitution.content_hash, [p.id for p in constitution.preferences], config.seed)
+    key = audit_key(pairs, feedback.reference, config.feedback, constitution, config.seed)
     path = store.root / layout.EVAL_JUDGE_GOLD
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    labeler = (store.stage_info("label").get("gold") or {}) if config.feedback.method != "contrastive" else {}
     if saved.get("fingerprint") == key:
         metrics = saved["metrics"]
+    elif labeler.get("audit_key") == key:  # the judge is this run's labeler with the same settings: its audit stands
+        metrics = dict(labeler)
     else:
         judge = feedback.pair_judge(constitution, config.feedback, config.generation, config.seed)
         metrics, _ = audit_labeler(judge, pairs, method=config.feedback.method)

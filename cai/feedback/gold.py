@@ -207,3 +207,13 @@ def _run_base_model(config: Any) -> str:
         if policy:
             return policy
     raise CaiError(f"feedback.model: no SL run in {config.output_dir} to take the feedback model from; set feedback.model (e.g. feedback.model=embedded)")
+
+
+def audit_key(pairs: Sequence[GoldPair], reference: str, settings: Any, constitution: Any, seed: int) -> str:
+    """What a gold audit's result depends on: the same key means the same labeler on the same pairs (reused, not rerun)."""
+    import dataclasses
+
+    from cai.fingerprint import fingerprint
+
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("batch_size", "chunk_size", "model", "gold")}
+    return fingerprint([[dataclasses.astuple(p) for p in pairs], reference, relevant, constitution.content_hash, [p.id for p in constitution.preferences], seed], sort_keys=True, ensure_ascii=False)

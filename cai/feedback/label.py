@@ -95,7 +95,7 @@ def run_label(config: RLRunConfig, store: RunStore, accelerator: Any, constituti
         )
     if all(r["p_chosen"] == 0.5 for r in records):
         raise CaiError(f"{store.stage_dir(PREFERENCES)}: every label is exactly 0.5 (the feedback model cannot tell the responses apart), nothing to train on; use another feedback.model, or set feedback.min_confidence above 0 to drop ties")
-    gold = audit_gold(model, tokenizer, constitution, config, store, accelerator) if settings.gold else None
+    gold = audit_gold(model, tokenizer, constitution, config, store, accelerator, reference=reference) if settings.gold else None
     if not accelerator.is_main_process:  # the main process alone reads the counts back and closes the stage
         return
     per_chunk = store.stage_info("label").get("chunk_stats", {})
@@ -161,11 +161,11 @@ def contrastive_judgements(chunk: Sequence[Comparison], constructed: dict[str, d
     return judgements
 
 
-def audit_gold(model: Any, tokenizer: Any, constitution: Constitution, config: RLRunConfig, store: RunStore, accelerator: Any) -> dict[str, Any]:
+def audit_gold(model: Any, tokenizer: Any, constitution: Constitution, config: RLRunConfig, store: RunStore, accelerator: Any, *, reference: str) -> dict[str, Any]:
     """The labeler on the gold set: metrics for the manifest, one record per pair in `label_gold.jsonl`."""
     import json
 
-    from cai.feedback.gold import audit_labeler, read_gold
+    from cai.feedback.gold import audit_key, audit_labeler, read_gold
     from cai.layout import LABEL_GOLD
     from cai.run_store import atomic_write_text
 
@@ -173,6 +173,7 @@ def audit_gold(model: Any, tokenizer: Any, constitution: Constitution, config: R
     pairs = read_gold(settings.gold)
     metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=settings.method)
     metrics["gold_set"] = settings.gold
+    metrics["audit_key"] = audit_key(pairs, reference, settings, constitution, config.seed)  # lets the eval judge reuse this audit
     if settings.method == "contrastive":
         metrics["note"] = f"contrastive labels come from construction; gold pairs have none, so this audits feedback.contrastive_judge ({settings.contrastive_judge or 'likelihood_ratio'}), the judge of eval comparisons"
     if accelerator.is_main_process:
