@@ -419,3 +419,12 @@ def test_eval_judge_reuses_the_labelers_gold_audit_when_it_is_the_same_labeler(t
     other = RLRunConfig(output_dir=str(tmp_path / "run"), feedback=FeedbackConfig(gold=str(gold), method="pointwise"))
     with pytest.raises(AssertionError, match="the judge was run"):
         judge_gold_audit(Feedback(), constitution, other, store, tag="t")
+
+
+def test_report_shows_the_judges_position_bias_only_for_the_multiple_choice_judge():
+    from cai.evaluation.report import elo_section
+
+    bias = {"first_preferred_share": 0.0, "mean_p_first": 0.3, "votes": 8}
+    base = {"elo": {"unused": {}}, "order": [], "judge_position_bias": bias, "judge_gold": None}
+    assert any("Judge position bias" in line for line in elo_section({**base, "judge": {"method": "multiple_choice"}}))
+    assert not any("Judge position bias" in line for line in elo_section({**base, "judge": {"method": "likelihood_ratio"}}))

@@ -358,7 +358,7 @@ def elo_section(metrics: dict[str, Any]) -> list[str]:
     from cai.evaluation.feedback_quality import judge_gold_lines
 
     lines += judge_gold_lines(metrics)
-    bias = metrics.get("judge_position_bias")
+    bias = metrics.get("judge_position_bias") if judge.get("method", "multiple_choice") == "multiple_choice" else None  # other methods' votes have no position
     if bias:
         lines += [f"Judge position bias before debiasing: the first-shown response got p > 0.5 in {pct(bias['first_preferred_share'])} of {bias['votes']} votes (mean P(first) {fmt(bias['mean_p_first'])}).", ""]
     order = metrics["order"]

@@ -560,6 +560,7 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
             "refusal": settings.refusal_judge,
             "principles": [p.id for p in judged_constitution.preferences] if judge_wanted else [],
             "principles_per_comparison": config.feedback.principles_per_comparison,
+            "method": config.feedback.method,
             "debias_positions": config.feedback.debias_positions,
             "bootstrap_rounds": settings.bootstrap_rounds,
         },
