@@ -9,8 +9,8 @@ import pytest
 
 from cai.errors import CaiError
 from cai.evaluation.elo import (
-    Comparison,
     EloInterval,
+    Game,
     bootstrap_elo_intervals,
     elo_from_comparisons,
     win_rate_matrix,
@@ -62,7 +62,7 @@ def test_anchor_model_sits_at_base():
 def test_fit_does_not_depend_on_order_or_record_form():
     shuffled = list(THREE_MODELS)
     random.Random(3).shuffle(shuffled)
-    as_records = [Comparison(a, b, s) for a, b, s in shuffled]
+    as_records = [Game(a, b, s) for a, b, s in shuffled]
     as_dicts = [{"model_a": a, "model_b": b, "score_a": s} for a, b, s in reversed(shuffled)]
     expected = elo_from_comparisons(THREE_MODELS)
     for variant in (shuffled, as_records, as_dicts):

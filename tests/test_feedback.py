@@ -102,13 +102,13 @@ def manual_p_a(model, tokenizer, text: str) -> float:
 def scored_texts(monkeypatch) -> list[str]:
     """Capture the exact prompts `judge` sends to the scorer."""
     seen: list[str] = []
-    original = feedback.score_sharded
+    original = feedback.option_scores_sharded
 
     def spy(scorer, texts, accelerator):
         seen.extend(texts)
         return original(scorer, texts, accelerator)
 
-    monkeypatch.setattr(feedback, "score_sharded", spy)
+    monkeypatch.setattr(feedback, "option_scores_sharded", spy)
     return seen
 
 

@@ -293,7 +293,16 @@ def test_label_stage_reports_gold_accuracy_in_manifest_and_output(tmp_path, tiny
 @pytest.mark.slow
 def test_sample_stage_contrastive_records_construction(tmp_path, tiny_model_dir):
     root = tmp_path / "run"
-    args = [f"output_dir={root}", f"model={tiny_model_dir}", f"constitution={DATA / 'constitution.yaml'}", f"prompts.red_team={DATA / 'red_team.jsonl'}", "prompts.max_red_team=3", "generation.max_new_tokens=4", "stages=sample", "feedback.method=contrastive"]
+    args = [
+        f"output_dir={root}",
+        f"model={tiny_model_dir}",
+        f"constitution={DATA / 'constitution.yaml'}",
+        f"prompts.red_team={DATA / 'red_team.jsonl'}",
+        "prompts.max_red_team=3",
+        "generation.max_new_tokens=4",
+        "stages=sample",
+        "feedback.method=contrastive",
+    ]
     result = launch("rl.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for path in sorted((root / "pairs").glob("shard-*.jsonl")) for line in path.read_text().splitlines()]
@@ -317,7 +326,17 @@ def test_contrastive_needs_two_responses(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_audit_feedback_command(tmp_path, tiny_model_dir):
     gold = small_gold(tmp_path / "gold.jsonl")
-    result = run_module("audit-feedback", "--config", str(ROOT / "configs" / "demo" / "rl.yaml"), f"output_dir={tmp_path / 'out'}", f"feedback.model={tiny_model_dir}", f"constitution={DATA / 'constitution.yaml'}", "feedback.method=pointwise", f"feedback.gold={gold}", "feedback.principles_per_comparison=1")
+    result = run_module(
+        "audit-feedback",
+        "--config",
+        str(ROOT / "configs" / "demo" / "rl.yaml"),
+        f"output_dir={tmp_path / 'out'}",
+        f"feedback.model={tiny_model_dir}",
+        f"constitution={DATA / 'constitution.yaml'}",
+        "feedback.method=pointwise",
+        f"feedback.gold={gold}",
+        "feedback.principles_per_comparison=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[audit] pointwise" in result.stdout and "gold accuracy" in result.stdout and "order-free" in result.stdout
     saved = json.loads((tmp_path / "out" / "audits" / "feedback-pointwise.json").read_text())
@@ -345,7 +364,11 @@ def test_report_states_gold_accuracy_and_says_when_it_is_at_chance(tmp_path):
     manifest = {
         "stages": {
             "label": {"status": "done", "method": "likelihood_ratio", "gold": {**at_chance, "gold_set": "examples/gold_preferences.jsonl"}},
-            "reward": {"status": "done", "gold": {**good, "gold_set": "examples/gold_preferences.jsonl", "length_correlation": 0.12, "prefers_longer_share": 0.55}, "length_balance": {"chosen_longer_share": 0.8, "enabled": True, "balanced": True}},
+            "reward": {
+                "status": "done",
+                "gold": {**good, "gold_set": "examples/gold_preferences.jsonl", "length_correlation": 0.12, "prefers_longer_share": 0.55},
+                "length_balance": {"chosen_longer_share": 0.8, "enabled": True, "balanced": True},
+            },
         }
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
@@ -386,7 +409,12 @@ def test_audit_key_names_what_the_audit_depends_on(constitution):
     pairs = read_gold(GOLD)[:4]
     base = audit_key(pairs, "m", FeedbackConfig(), constitution, 0)
     assert base == audit_key(pairs, "m", FeedbackConfig(batch_size=3, chunk_size=5, gold="elsewhere.jsonl"), constitution, 0)
-    for changed in (audit_key(pairs, "m", FeedbackConfig(method="pointwise"), constitution, 0), audit_key(pairs, "other", FeedbackConfig(), constitution, 0), audit_key(pairs, "m", FeedbackConfig(), constitution, 1), audit_key(pairs[:3], "m", FeedbackConfig(), constitution, 0)):
+    for changed in (
+        audit_key(pairs, "m", FeedbackConfig(method="pointwise"), constitution, 0),
+        audit_key(pairs, "other", FeedbackConfig(), constitution, 0),
+        audit_key(pairs, "m", FeedbackConfig(), constitution, 1),
+        audit_key(pairs[:3], "m", FeedbackConfig(), constitution, 0),
+    ):
         assert changed != base
 
 

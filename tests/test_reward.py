@@ -14,7 +14,7 @@ from helpers import assert_one_line, run_script
 
 from cai.errors import CaiError
 from cai.reward.model import (
-    Comparison,
+    PreferencePair,
     build_reward_trainer,
     check_same_tokenizer,
     held_out_metrics,
@@ -57,7 +57,7 @@ def preference_records(count: int = 24) -> list[dict]:
     return records
 
 
-def comparisons(records: list[dict]) -> list[Comparison]:
+def comparisons(records: list[dict]) -> list[PreferencePair]:
     from cai.reward.model import comparison_from_record
 
     return [orient(comparison_from_record(r, where=r["id"], source="ai")) for r in records]
@@ -176,7 +176,7 @@ def test_length_balance_lowers_the_score_length_correlation(tiny_model_dir, tmp_
 
     tokenizer = tiny_tokenizer(tiny_model_dir)
     long, short = " ".join(["fine"] * 12), " ".join(["fine"] * 3)
-    items = [Comparison(f"c{i}", "Question?", *((long, short) if i % 8 else (short, long)), 1.0, "ai") for i in range(16)]
+    items = [PreferencePair(f"c{i}", "Question?", *((long, short) if i % 8 else (short, long)), 1.0, "ai") for i in range(16)]
     weights, stats = length_balance_weights([len(c.chosen.split()) for c in items], [len(c.rejected.split()) for c in items])
     assert stats["chosen_longer_share"] == 14 / 16
     probe = [(f"Another question {i}?", text, n) for i in range(8) for text, n in ((short, 3), (long, 12))]
@@ -196,9 +196,9 @@ def test_length_balance_lowers_the_score_length_correlation(tiny_model_dir, tmp_
 
 
 def test_orient_and_seeded_split_by_prompt():
-    flipped = orient(Comparison("x", "q", "a", "b", 0.2, "ai"))
+    flipped = orient(PreferencePair("x", "q", "a", "b", 0.2, "ai"))
     assert (flipped.chosen, flipped.rejected, flipped.p_chosen) == ("b", "a", pytest.approx(0.8))
-    items = [Comparison(f"c{i}", f"prompt {i // 2}", "a", "b", 0.9, "ai") for i in range(40)]
+    items = [PreferencePair(f"c{i}", f"prompt {i // 2}", "a", "b", 0.9, "ai") for i in range(40)]
     train, held = split_held_out(items, 0.25, seed=3)
     assert len(held) == 10 and len(train) == 30
     assert not {c.prompt for c in train} & {c.prompt for c in held}

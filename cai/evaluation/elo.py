@@ -36,7 +36,7 @@ METHODS = ("bradley_terry", "sequential")
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Game:
     """One judged pair: score_a is 1 when model_a's response won, 0 when it lost, soft between."""
 
     model_a: str
@@ -233,7 +233,7 @@ def elo_from_comparisons(
 ) -> dict[str, float]:
     """Elo rating per model, best first; rating gaps read as P(a beats b) = 1 / (1 + 10^(-gap/400)).
 
-    Comparisons are `Comparison`s, mappings or (model_a, model_b, score_a) tuples.
+    Comparisons are `Game`s, mappings or (model_a, model_b, score_a) tuples.
     `k` applies only to `method="sequential"` (default 32), which processes them in order.
     """
     games = _games(comparisons)
@@ -283,7 +283,7 @@ def bootstrap_elo_intervals(
 
 
 def _cluster_groups(clusters: Iterable[Any], size: int) -> list[np.ndarray]:
-    """Comparison indices per cluster key, clusters in order of first appearance."""
+    """Game indices per cluster key, clusters in order of first appearance."""
     keys = list(clusters)
     if len(keys) != size:
         raise CaiError(f"bootstrap_elo_intervals: {len(keys)} cluster keys for {size} comparisons; give one key (e.g. the prompt id) per comparison")

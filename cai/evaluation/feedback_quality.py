@@ -50,7 +50,16 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
     header = ["", "n", "overall", "harmful requests", "benign requests", *kinds, "ECE"]
     rows = []
     if label_gold:
-        rows.append([f"labeler ({label.get('method', 'multiple_choice')})", label_gold["count"], _acc(label_gold), *(_acc(label_gold.get(k)) for k, _ in HALVES), *(_acc(label_gold["per_kind"].get(k)) for k in kinds), f"{label_gold['calibration']['ece']:.3f}"])
+        rows.append(
+            [
+                f"labeler ({label.get('method', 'multiple_choice')})",
+                label_gold["count"],
+                _acc(label_gold),
+                *(_acc(label_gold.get(k)) for k, _ in HALVES),
+                *(_acc(label_gold["per_kind"].get(k)) for k in kinds),
+                f"{label_gold['calibration']['ece']:.3f}",
+            ]
+        )
     if reward_gold:
         rows.append(["reward model", reward_gold["count"], _acc(reward_gold), *(_acc(reward_gold.get(k)) for k, _ in HALVES), *(_acc(reward_gold["per_kind"].get(k)) for k in kinds), f"{reward_gold['calibration']['ece']:.3f}"])
     lines = [
@@ -77,7 +86,9 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
         balance = reward.get("length_balance") or {}
         remedy = ""
         if balance.get("chosen_longer_share") is not None:
-            remedy = f" Its training pairs had the chosen response longer in {balance['chosen_longer_share']:.0%}" + (", balanced by weights (reward.length_balance)." if balance.get("enabled") and balance.get("balanced") else ", not balanced.")
+            remedy = f" Its training pairs had the chosen response longer in {balance['chosen_longer_share']:.0%}" + (
+                ", balanced by weights (reward.length_balance)." if balance.get("enabled") and balance.get("balanced") else ", not balanced."
+            )
         lines += [verdict(reward_gold, "reward model") + f" {length}.{remedy}", ""]
     return lines
 

@@ -302,7 +302,7 @@ def score_all(reference: str, order: Sequence[str], generations: dict[str, list[
 
     def work(chunk: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         from cai.chat_format import scored_ids
-        from cai.reward.model import check_padding, load_reward_base, score_sharded
+        from cai.reward.model import check_padding, load_reward_base, reward_scores_sharded
 
         if not loaded:
             tokenizer = models.load_tokenizer(ref, padding_side="right")
@@ -312,7 +312,7 @@ def score_all(reference: str, order: Sequence[str], generations: dict[str, list[
             loaded.append((model.requires_grad_(False).eval().to(accelerator.device), tokenizer))
         model, tokenizer = loaded[0]
         ids = [scored_ids(tokenizer, r["prompt"], r["response"], max_length=max_length) for _, r in chunk]
-        scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
+        scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
         return [{"model": name, "id": r["id"], "kind": r["kind"], "reward": float(s)} for (name, r), s in zip(chunk, scores)]
 
     if accelerator.is_main_process:
@@ -485,11 +485,11 @@ def refusal_judge_all(
     check_inputs(store, accelerator, REFUSAL_JUDGE, fingerprint([(i["source"], i["model"], i["id"], i["response"]) for i in items], feedback.reference, REFUSAL_QUESTION), names)
 
     def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from cai.feedback.judge import OptionScorer, score_sharded
+        from cai.feedback.judge import OptionScorer, option_scores_sharded
 
         model, tokenizer = feedback.load()
         scorer = OptionScorer(model, tokenizer, batch_size=config.feedback.batch_size, option_ids=refusal_option_ids(tokenizer))  # P(Yes) over Yes/No
-        p_yes = score_sharded(scorer, [refusal_judge_text(tokenizer, i["prompt"], i["response"]) for i in chunk], accelerator)
+        p_yes = option_scores_sharded(scorer, [refusal_judge_text(tokenizer, i["prompt"], i["response"]) for i in chunk], accelerator)
         return [{"source": i["source"], "model": i["model"], "id": i["id"], "p_refusal": float(p)} for i, p in zip(chunk, p_yes)]
 
     if accelerator.is_main_process:

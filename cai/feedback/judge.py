@@ -200,7 +200,7 @@ class OptionScorer:
         return option_probabilities(logits, self.option_ids)[:, 0].tolist()
 
 
-def score_sharded(scorer: OptionScorer, texts: Sequence[str], accelerator: Any) -> list[float]:
+def option_scores_sharded(scorer: OptionScorer, texts: Sequence[str], accelerator: Any) -> list[float]:
     """Split whole batches across processes, score, and gather P(A) back in the input order."""
     from accelerate.utils import gather_object
 
@@ -305,7 +305,7 @@ def judge(
         texts = [render_prompt(tokenizer, j[3], f"{COT_PREFIX} {quote(r, special)}\n\n{ANSWER_PREFIX}") for j, r in zip(jobs, reasoning)]
     else:
         texts = [render_prompt(tokenizer, j[3], ANSWER_PREFIX) for j in jobs]
-    p_a = score_sharded(scorer, texts, accelerator)
+    p_a = option_scores_sharded(scorer, texts, accelerator)
 
     votes: list[list[Vote]] = [[] for _ in comparisons]
     for (index, principle_id, first, _), p, why in zip(jobs, p_a, reasoning):

@@ -276,13 +276,13 @@ def held_out_reward_prompts(settings: Any, *, training: list[str], per_set: int 
 def mean_reward(model: Any, tokenizer: Any, prompts: list[str], scorer: Any, config: RLRunConfig, accelerator: Any) -> float:
     """Mean reward of the model's greedy responses, scored on `chat_format.scored_ids`."""
     from cai.generation import TransformersGenerator, generate_sharded
-    from cai.reward.model import score_sharded
+    from cai.reward.model import reward_scores_sharded
 
     settings = dataclasses.replace(config.generation, backend="transformers", temperature=0.0, max_new_tokens=getattr(config, config.rl.algorithm, config.ppo).__dict__.get("response_length", config.ppo.response_length))
     generator = TransformersGenerator(model, tokenizer, settings, seed=config.seed, show_progress=False)
     texts = generate_sharded(generator, [prompt_text(tokenizer, p) for p in prompts], accelerator, desc="reward eval")
     ids = [scored_ids(tokenizer, p, t, max_length=config.training.max_length) for p, t in zip(prompts, texts, strict=True)]
-    scores = score_sharded(scorer, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
+    scores = reward_scores_sharded(scorer, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
     return sum(scores) / len(scores)
 
 

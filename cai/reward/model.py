@@ -44,7 +44,7 @@ COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass(frozen=True)
-class Comparison:
+class PreferencePair:
     """One preference: `chosen` is preferred to `rejected` with probability `p_chosen`."""
 
     id: str
@@ -77,15 +77,15 @@ def probability(value: Any, *, where: str) -> float:
     return float(value)
 
 
-def comparison_from_record(record: dict[str, Any], *, where: str, source: str, default_p: float | None = None) -> Comparison:
-    """A label-stage or user record ({"prompt","chosen","rejected"[,"p_chosen"]}) as a Comparison."""
+def comparison_from_record(record: dict[str, Any], *, where: str, source: str, default_p: float | None = None) -> PreferencePair:
+    """A label-stage or user record ({"prompt","chosen","rejected"[,"p_chosen"]}) as a PreferencePair."""
     for column in COLUMNS:
         if column not in record:
             raise CaiError(f"{where}: missing column {column!r}; each record needs prompt, chosen and rejected (id optional)")
     raw_p = record.get("p_chosen", default_p)
     if raw_p is None:
         raise CaiError(f"{where}: missing column 'p_chosen'; rerun the label stage (force=true)")
-    return Comparison(
+    return PreferencePair(
         id=str(record.get("id", where)),
         prompt=message_text(record["prompt"], role="user", where=where, column="prompt"),
         chosen=message_text(record["chosen"], role="assistant", where=where, column="chosen"),
@@ -95,7 +95,7 @@ def comparison_from_record(record: dict[str, Any], *, where: str, source: str, d
     )
 
 
-def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful_preferences") -> list[Comparison]:
+def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful_preferences") -> list[PreferencePair]:
     """Human helpfulness comparisons from JSONL: prompt/chosen/rejected as strings or messages, p_chosen = 1."""
     path = Path(path)
     if not path.is_file():
@@ -112,14 +112,14 @@ def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful
     return comparisons
 
 
-def orient(comparison: Comparison) -> Comparison:
+def orient(comparison: PreferencePair) -> PreferencePair:
     """Put the more likely response first (p_chosen >= 0.5), as trl's loss and the accuracy assume."""
     if comparison.p_chosen >= 0.5:
         return comparison
     return replace(comparison, chosen=comparison.rejected, rejected=comparison.chosen, p_chosen=1.0 - comparison.p_chosen)
 
 
-def split_held_out(comparisons: Sequence[Comparison], fraction: float, seed: int) -> tuple[list[Comparison], list[Comparison]]:
+def split_held_out(comparisons: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Seeded train / held-out split by prompt, so no held-out prompt (or response) is trained on.
 
     Holds out about `fraction` of the comparisons, at least one when there are two or more
@@ -148,7 +148,7 @@ def split_held_out(comparisons: Sequence[Comparison], fraction: float, seed: int
 # ---------------------------------------------------------------- tokenization
 
 
-def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[Comparison], *, max_length: int, soft_labels: bool, weights: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], int]:
+def tokenize_comparisons(tokenizer: Any, comparisons: Sequence[PreferencePair], *, max_length: int, soft_labels: bool, weights: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], int]:
     """trl's pre-tokenized columns (`chosen_ids`, `rejected_ids`), plus `p_chosen` for the soft loss.
 
     Returns the rows and how many comparisons had their prompt cut from the left to fit.
@@ -312,7 +312,7 @@ def score_responses(model: Any, tokenizer: Any, prompts: Sequence[str], response
     return score_ids(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
 
 
-def score_sharded(model: Any, id_lists: list[list[int]], *, pad_token_id: int, batch_size: int, accelerator: Any) -> list[float]:
+def reward_scores_sharded(model: Any, id_lists: list[list[int]], *, pad_token_id: int, batch_size: int, accelerator: Any) -> list[float]:
     """Score across processes (equal shares, so sharded models step together), gathered in input order."""
     from accelerate.utils import gather_object
 
@@ -392,7 +392,7 @@ def gold_reward_metrics(model: Any, tokenizer: Any, pairs: Sequence[Any], *, max
     from cai.feedback.gold import gold_metrics
 
     ids = [scored_ids(tokenizer, p.prompt, text, max_length=max_length) for p in pairs for text in (p.chosen, p.rejected)]
-    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
     chosen, rejected = np.asarray(scores[0::2]), np.asarray(scores[1::2])
     p_gold = (np.exp(-np.logaddexp(0.0, rejected - chosen))).tolist()
     metrics = gold_metrics(pairs, p_gold)

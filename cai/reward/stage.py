@@ -21,7 +21,7 @@ from cai.errors import CaiError
 from cai.fingerprint import fingerprint as content_fingerprint
 from cai.layout import PREFERENCES, REWARD_MODEL, policy_reference
 from cai.reward.model import (
-    Comparison,
+    PreferencePair,
     build_reward_trainer,
     check_padding,
     check_same_tokenizer,
@@ -32,8 +32,8 @@ from cai.reward.model import (
     load_reward_base,
     orient,
     read_helpful_preferences,
+    reward_scores_sharded,
     save_reward_model,
-    score_sharded,
     split_held_out,
     tokenize_comparisons,
 )
@@ -41,7 +41,7 @@ from cai.run_store import RunStore
 from cai.training import jsonl_log_callback, last_checkpoint, trainer_config
 
 
-def fingerprint(train: Sequence[Comparison], held_out: Sequence[Comparison], soft_labels: bool, weights: Sequence[float] | None = None) -> str:
+def fingerprint(train: Sequence[PreferencePair], held_out: Sequence[PreferencePair], soft_labels: bool, weights: Sequence[float] | None = None) -> str:
     return content_fingerprint([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out], list(weights) if weights is not None else None])
 
 
@@ -152,12 +152,12 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
             print(f"[rl] reward: {describe(gold, who='reward-model')}, score-length r on gold responses {_fmt(gold['length_correlation'])}, prefers the longer response in {_fmt(gold['prefers_longer_share'])} of gold pairs")
 
 
-def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[Comparison], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
+def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[PreferencePair], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
     """Score every held-out response on the PPO ids and summarise (None without a held-out set)."""
     if not held_out:
         return None
     ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in held_out for text in (c.chosen, c.rejected)]
-    scores = score_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
     lengths = [len(response_ids(tokenizer, text)) for c in held_out for text in (c.chosen, c.rejected)]
     metrics = held_out_metrics(scores[0::2], scores[1::2], [c.p_chosen for c in held_out], lengths[0::2], lengths[1::2])
     for source in sorted({c.source for c in held_out}):
