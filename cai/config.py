@@ -778,14 +778,14 @@ class SelfInstructConfig:
     def problems(self) -> list[str]:
         found = []
         if self.fewshot_seed + self.fewshot_generated < 1:
-            found.append("self_instruct.fewshot_seed: with fewshot_generated=0 it must be at least 1; the model needs examples (the paper: 6 + 2)")
+            found.append("fewshot_seed: with fewshot_generated=0 it must be at least 1; the model needs examples (the paper: 6 + 2)")
         if self.max_words < self.min_words:
-            found.append(f"self_instruct.max_words: {self.max_words} is below min_words={self.min_words}; raise max_words")
+            found.append(f"max_words: {self.max_words} is below min_words={self.min_words}; raise max_words")
         if any(not phrase.strip() for phrase in self.blocklist):
-            found.append("self_instruct.blocklist: contains an empty phrase; remove it")
+            found.append("blocklist: contains an empty phrase; remove it")
         for category, words in self.category_keywords.items():
             if not isinstance(words, list) or not all(isinstance(word, str) and word.strip() for word in words):
-                found.append(f"self_instruct.category_keywords.{category}: expected a list of non-empty keywords, got {words!r}")
+                found.append(f"category_keywords.{category}: expected a list of non-empty keywords, got {words!r}")
         return found
 
 

@@ -167,3 +167,12 @@ def test_renamed_stage_and_moved_keys():
     with pytest.raises(CaiError, match="rl.num_generations: this setting moved to grpo.num_generations"):
         load_config(RLRunConfig, None, ["rl.num_generations=2"])
     assert load_config(RLRunConfig, None, ["dpo.beta=0.2", "grpo.num_generations=3"]).grpo.num_generations == 3
+
+
+def test_cross_field_problems_name_the_setting_once():
+    from cai.config import PromptsRunConfig
+
+    with pytest.raises(CaiError) as raised:
+        load_config(PromptsRunConfig, None, ["self_instruct.min_words=50", "self_instruct.max_words=10"])
+    assert "self_instruct.max_words: 10 is below min_words=50" in str(raised.value)
+    assert "self_instruct.self_instruct" not in str(raised.value)
