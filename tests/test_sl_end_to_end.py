@@ -134,6 +134,11 @@ def test_killed_generation_resumes_without_loss_or_duplicates(tiny_model_dir, tm
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["stages"]["generate"]["status"] == "running"
 
+    # a relaunch with another chunk size would lose or duplicate records: refused in one line, nothing written
+    changed = launch("sl.py", *args, "sl.chunk_size=2")
+    assert changed.returncode != 0 and "made from other inputs" in changed.stderr and "force=true" in changed.stderr
+    assert sorted(p.name for p in (output / "sl_data").glob("shard-*.jsonl")) == written
+
     result = launch("sl.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming sl_data: {len(written)} of 15 chunks already written" in result.stdout

@@ -251,3 +251,28 @@ def test_completion_logprobs_match_a_hand_computed_forward_pass(tiny_model_dir):
     ratio = principle_log_ratio(model, tokenizer, ["Hi"], ["Be kind."], ["Hello!"])
     plain = completion_logprobs(model, tokenizer, [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]], ["Hello!"])[0] - completion_logprobs(model, tokenizer, [[{"role": "user", "content": "Hi"}]], ["Hello!"])[0]
     assert ratio[0] == pytest.approx(plain, abs=1e-5) and ratio[0] != 0.0
+
+
+def test_generate_fingerprint_covers_every_setting_that_shapes_records():
+    import dataclasses
+
+    from cai.config import SLRunConfig
+    from cai.supervised.stages import generate_fingerprint
+
+    constitution = load_constitution(DATA / "constitution.yaml")
+    prompts = [red("r1", "a?")]
+    base = SLRunConfig()
+    same = generate_fingerprint(prompts, base, constitution)
+    # a resume may lower the batch size (out of memory) or print fewer examples
+    assert generate_fingerprint(prompts, dataclasses.replace(base, generation=dataclasses.replace(base.generation, batch_size=1)), constitution) == same
+    assert generate_fingerprint(prompts, dataclasses.replace(base, sl=dataclasses.replace(base.sl, show_examples=0)), constitution) == same
+    changed = [
+        dataclasses.replace(base, sl=dataclasses.replace(base.sl, chunk_size=7)),
+        dataclasses.replace(base, sl=dataclasses.replace(base.sl, revision_samples=2)),
+        dataclasses.replace(base, sl=dataclasses.replace(base.sl, gates=dataclasses.replace(base.sl.gates, parrot_rouge=0.9))),
+        dataclasses.replace(base, generation=dataclasses.replace(base.generation, temperature=0.5)),
+        dataclasses.replace(base, model="other/model"),
+        dataclasses.replace(base, seed=1),
+    ]
+    assert all(generate_fingerprint(prompts, config, constitution) != same for config in changed)
+    assert generate_fingerprint([red("r1", "b?")], base, constitution) != same
