@@ -27,6 +27,7 @@ at a time (each request is a batch, scored `--batch_size` sequences per forward 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -83,9 +84,14 @@ def parse_request(raw: bytes, *, max_batch: int) -> tuple[str, list[Any], list[A
 
 
 class RewardServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer holding the scorer; `max_requests` scoring requests (None: no limit), then it stops."""
+    """A ThreadingHTTPServer holding the scorer; `max_requests` scoring requests (None: no limit), then it stops.
 
-    daemon_threads = True
+    Handler threads are joined on close (not daemons, the stdlib's default here): a daemon thread
+    still inside torch when the interpreter exits can abort the process (seen as exit -6 under load).
+    """
+
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
     def __init__(self, scorer: Any, host: str = "127.0.0.1", port: int = 0, *, max_batch: int = 256, max_body_bytes: int = 16 << 20, max_requests: int | None = None, name: str = "", quiet: bool = True):
@@ -122,6 +128,7 @@ class RewardServer(ThreadingHTTPServer):
 class RewardHandler(BaseHTTPRequestHandler):
     server: RewardServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # an idle keep-alive connection is closed after this, so closing the server never waits forever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
         if not self.server.quiet:
@@ -246,7 +253,11 @@ def serve_command(args: Any) -> int:
         server.server_close()
         signal.signal(signal.SIGTERM, previous)
     print(f"[serve-reward] stopped after {server.served} scoring request(s)", file=sys.stderr, flush=True)
-    return 0
+    sys.stdout.flush()
+    # Everything is closed and flushed. Leave without interpreter teardown: torch state created by
+    # scoring in handler threads can abort the process while static objects are destroyed
+    # ("terminate called without an active exception", exit -6, about 1 run in 5 here).
+    os._exit(0)
 
 
 def add_parser(commands: Any) -> None:
