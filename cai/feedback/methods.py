@@ -175,18 +175,14 @@ def pointwise_judge(model: Any, tokenizer: Any, comparisons: Sequence[Comparison
 
 
 def completion_logprobs_sharded(model: Any, tokenizer: Any, contexts: Sequence[list[dict[str, str]]], completions: Sequence[str], *, batch_size: int, accelerator: Any) -> list[float]:
-    """`cai.likelihood.completion_logprobs` split across processes in whole blocks, gathered in order."""
-    from accelerate.utils import gather_object
-
+    """`cai.likelihood.completion_logprobs` split across processes, gathered in order."""
+    from cai.generation import sharded_map
     from cai.likelihood import completion_logprobs
 
-    indices = list(range(len(contexts)))
-    with accelerator.split_between_processes(indices) as mine:
-        values = completion_logprobs(model, tokenizer, [contexts[i] for i in mine], [completions[i] for i in mine], batch_size=batch_size) if mine else []
-        local = list(zip(mine, values))
-    gathered = gather_object(local) if accelerator.num_processes > 1 else local
-    by_index = dict(gathered)
-    return [by_index[i] for i in indices]
+    def score(rows: list[tuple[Any, str]]) -> list[float]:
+        return completion_logprobs(model, tokenizer, [c for c, _ in rows], [t for _, t in rows], batch_size=batch_size) if rows else []
+
+    return sharded_map(score, list(zip(contexts, completions, strict=True)), accelerator)
 
 
 def ratio_principles(constitution: Constitution, settings: FeedbackConfig, seed: int, comparison_id: str) -> list[PreferencePrinciple]:
