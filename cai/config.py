@@ -667,6 +667,7 @@ class RLConfig:
     """Which optimiser the policy stage uses; its settings live in the section named after it."""
 
     algorithm: Algorithm = setting("ppo", "ppo (the paper's; settings in ppo.*), dpo (dpo.*), grpo (grpo.*) or rloo (rloo.*)")
+    reward_check_prompts: int = setting(8, "held-out prompts per eval set (red-team, helpful, benign) whose greedy responses the reward model scores before and after training (0: no check; the eval stage scores every model)", ge=0)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 from cai.config import check_stages, load_config, split_cli
@@ -72,6 +73,7 @@ def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *,
 
     stages = stages_of(pipeline)
     selected = check_stages(list(config.stages), [s.name for s in stages])
+    timed: list[tuple[str, float]] = []
     for stage in (s for s in stages if s.name in selected):
         interrupted = config.force and store.stage_info(stage.name).get("status") == "running"  # force also restarts a failed or killed stage
         if store.stage_done(stage.name) or interrupted:
@@ -87,8 +89,21 @@ def run_stages(config: Any, store: RunStore, accelerator: Any, pipeline: str, *,
         if accelerator.is_main_process:
             print(f"[{tag}] {stage.name}: running")
         store.remove_partial_writes(stage.owns)  # *.tmp of a killed atomic write
+        started = time.perf_counter()
+        store.record_stage_start(stage.name)
         stage.run(config, store, accelerator, constitution)
         accelerator.wait_for_everyone()
+        seconds = time.perf_counter() - started
+        timed.append((stage.name, seconds))
+        store.record_stage_time(stage.name, seconds)
         cards.after_stage(config, store)  # model and dataset cards for what the run now holds (main process)
     cards.after_launch(config, store, accelerator)  # hub.push
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and timed:
+        print(f"[{tag}] stage times: " + ", ".join(f"{name} {format_seconds(seconds)}" for name, seconds in timed) + f" (total {format_seconds(sum(s for _, s in timed))})")
+
+
+def format_seconds(seconds: float) -> str:
+    """`42s`, `3m05s`: stage times as a person reads them."""
+    whole = round(seconds)
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60:02d}s"

@@ -17,16 +17,27 @@ Messages = list[dict[str, str]]
 
 
 def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages], completions: Sequence[str], *, batch_size: int = 8) -> list[float]:
-    """Mean per-token log-probability of each completion as the assistant's reply to its context."""
+    """Mean per-token log-probability of each completion as the assistant's reply to its context.
+
+    A (context, completion) asked for more than once is scored once: an eval judge sees each
+    model's response in every pair it is part of, under the same base and balance contexts.
+    """
     import torch
 
     from cai.generation import render_chat
 
-    rows = []
+    rows: list[tuple[list[int], list[int]]] = []
+    row_of: dict[tuple[str, str], int] = {}
+    wanted = []
     for context, completion in zip(contexts, completions, strict=True):
-        prefix = tokenizer(render_chat(tokenizer, context), add_special_tokens=False)["input_ids"]
-        body = tokenizer(completion, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-        rows.append((prefix, body))
+        rendered = render_chat(tokenizer, context)
+        key = (rendered, completion)
+        if key not in row_of:
+            row_of[key] = len(rows)
+            prefix = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            body = tokenizer(completion, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            rows.append((prefix, body))
+        wanted.append(row_of[key])
     scores = [0.0] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -53,7 +64,7 @@ def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages]
             prefix_length, body_length = len(rows[i][0]), len(rows[i][1])
             span = token_logprobs[row, prefix_length - 1 - first : prefix_length - 1 - first + body_length]
             scores[i] = float(span.mean())
-    return scores
+    return [scores[i] for i in wanted]
 
 
 def principle_log_ratio(model: Any, tokenizer: Any, requests: Sequence[str], principle_turns: Sequence[str], completions: Sequence[str], *, batch_size: int = 8) -> list[float]:

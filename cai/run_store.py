@@ -137,6 +137,18 @@ class RunStore:
 
         self.update_manifest(change)
 
+    def record_stage_start(self, stage: str) -> None:
+        """When this launch started `stage` (epoch seconds): the report, written inside the eval stage, reads its time so far."""
+        self.update_manifest(lambda data: data.setdefault("stages", {}).setdefault(stage, {}).update(started=round(time.time(), 1)))
+
+    def record_stage_time(self, stage: str, seconds: float) -> None:
+        """Wall time of the launch that finished `stage` (after a kill, only the relaunch's part), for the report and benchmarks."""
+
+        def change(data: dict[str, Any]) -> None:
+            data.setdefault("stages", {}).setdefault(stage, {})["seconds"] = round(seconds, 1)
+
+        self.update_manifest(change)
+
     def stage_info(self, stage: str) -> dict[str, Any]:
         """The manifest entry of `stage`, found under its old name in runs made before a rename."""
         stages = self.manifest().get("stages", {})

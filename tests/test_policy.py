@@ -268,9 +268,10 @@ def test_step0_check_names_the_planted_mismatch(tiny_model_dir, plant):
 @pytest.mark.slow
 def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
-    result = launch("rl.py", *rl_args(run, tiny_model_dir, "training.save_steps=1"))
+    result = launch("rl.py", *rl_args(run, tiny_model_dir, "training.save_steps=1", "rl.reward_check_prompts=2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[rl] policy: step-0 check passed" in result.stdout
+    assert "(6 held-out prompts from eval.*" in result.stdout  # 2 from each of red-team, helpful, benign
     assert "[rl] policy: mean reward before training" in result.stdout and "[rl] policy: mean reward after training" in result.stdout
 
     import torch
@@ -302,7 +303,7 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_ppo_resumes_from_its_last_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):
     run = prepare_run(tmp_path / "run", reward_model_dir)
-    args = rl_args(run, tiny_model_dir, "training.max_steps=8", "training.save_steps=2", "training.save_total_limit=3")
+    args = rl_args(run, tiny_model_dir, "training.max_steps=8", "training.save_steps=2", "training.save_total_limit=3", "rl.reward_check_prompts=0")
     first = run / "checkpoints" / "policy" / "checkpoint-2" / "trainer_state.json"
     kill_when("rl.py", args, first, timeout=180)
     assert first.exists() and not (run / "rl_model").exists(), "the kill landed outside the training loop"
@@ -325,6 +326,7 @@ def test_killed_ppo_resumes_from_its_last_checkpoint(tiny_model_dir, reward_mode
     assert after == list(range(step + 1, 9))  # counters continue; nothing before the checkpoint is redone
     entry = stage_entry(run)
     assert entry["status"] == "done" and entry["steps"] == 8 and entry["resumed_from"] == str(checkpoint)
+    assert entry["reward_before"] is None and entry["reward_after"] is None and entry["eval_prompts"] == 0
 
 
 # ---------------------------------------------------------------- EOS penalty

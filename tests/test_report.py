@@ -231,3 +231,20 @@ def test_table_cells_are_escaped_and_cut(text, expected):
     from cai.evaluation.report import cell
 
     assert cell(text, 7 if len(text) == 10 else None) == expected
+
+
+def test_report_lists_stage_times_and_the_running_stage_so_far(tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    fabricate(run)
+    stages = {"generate": {"status": "done", "seconds": 75.0}, "sft": {"status": "done", "seconds": 30.4}, "policy": {"status": "done", "seconds": 200.0}, "eval": {"status": "running", "started": time.time() - 125}}
+    (run / "manifest.json").write_text(json.dumps({"stages": stages}))
+    text = build_report(run).path.read_text()
+    section = text.split("## Stage times")[1].split("\n## ")[0]
+    assert "| generate | 1m15s |" in section and "| sft | 30s |" in section and "| policy | 3m20s |" in section
+    import re
+
+    assert re.search(r"\| eval \| 2m[0-5]\ds \(so far", section), section  # 125 s plus however long the plots took
+    assert "| **total** | 7m" in section
+    assert "sample" not in section  # never ran: no row

@@ -68,6 +68,10 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     assert "quality gates:" in result.stdout and (output / "sl_data_card.md").is_file()
     assert manifest["stages"]["generate"]["status"] == "done"
     assert manifest["stages"]["sft"]["status"] == "done"
+    times = {stage: manifest["stages"][stage]["seconds"] for stage in ("generate", "sft")}
+    assert all(0 < t < 600 for t in times.values()), times
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("[sl] stage times: "))
+    assert "generate " in summary and "sft " in summary and "(total " in summary
     assert (output / "config.yaml").is_file() and (output / "logs" / "sft.jsonl").is_file()
 
     import datasets

@@ -253,6 +253,23 @@ def test_completion_logprobs_match_a_hand_computed_forward_pass(tiny_model_dir):
     assert ratio[0] == pytest.approx(plain, abs=1e-5) and ratio[0] != 0.0
 
 
+def test_completion_logprobs_score_a_repeated_context_and_completion_once(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from cai import models
+    from cai.likelihood import completion_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
+    rows_seen = []
+    model.register_forward_hook(lambda module, args, kwargs, output: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    a, b = [{"role": "user", "content": "Hello there"}], [{"role": "user", "content": "Hi"}]
+    got = completion_logprobs(model, tokenizer, [a, b, a, a], ["One.", "Two.", "One.", "Three."], batch_size=8)
+    assert sum(rows_seen) == 3  # (a, One.) once
+    assert got[0] == got[2] and got[0] != got[3]
+    assert got == pytest.approx(completion_logprobs(model, tokenizer, [a, b, a, a], ["One.", "Two.", "One.", "Three."], batch_size=1), abs=1e-5)
+
+
 def test_generate_fingerprint_covers_every_setting_that_shapes_records():
     import dataclasses
 

@@ -471,6 +471,33 @@ def sl_data_section(run_dir: Path) -> list[str]:
     return [*demoted, ""]
 
 
+def stage_times_section(run_dir: Path) -> list[str]:
+    """How long each stage of this run took (the manifest's `seconds`); the stage still running, e.g. eval while it writes this report, so far."""
+    import time
+
+    from cai.launch import format_seconds
+    from cai.stages import stage_names
+
+    try:
+        stages = json.loads((run_dir / layout.MANIFEST).read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, json.JSONDecodeError):
+        return []
+    rows, total = [], 0.0
+    for name in stage_names("sl") + stage_names("rl"):
+        entry = stages.get(name) or {}
+        if entry.get("seconds") is not None:
+            seconds, note = float(entry["seconds"]), ""
+        elif entry.get("status") == "running" and entry.get("started"):
+            seconds, note = max(0.0, time.time() - float(entry["started"])), " (so far: this report is written inside it)"
+        else:
+            continue
+        total += seconds
+        rows.append([name, format_seconds(seconds) + note])
+    if not rows:
+        return []
+    return ["## Stage times", "", "Wall time of the launch that finished each stage (a killed and resumed stage: the relaunch only).", "", table(["stage", "time"], [*rows, ["**total**", format_seconds(total)]]), ""]
+
+
 def training_section(logs: dict[str, Path], plots: dict[str, Path]) -> list[str]:
     if not logs:
         return []
@@ -571,6 +598,7 @@ def build_report(run_dir: str | Path, *, output: str | Path | None = None) -> Re
     body += feedback_quality_section(run_dir)
     body += sl_data_section(run_dir)
     body += training_section(logs, plots)
+    body += stage_times_section(run_dir)
     if metrics is not None:
         body += examples_section(metrics, generations)
     body += missing_section(missing)

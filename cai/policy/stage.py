@@ -42,7 +42,6 @@ from cai.training import (
 )
 
 NEEDS_REWARD_MODEL = ("ppo", "grpo", "rloo")
-EVAL_PROMPTS = 8  # held-out prompts per eval set (red-team, helpful, benign) scored before and after
 STAGE = "policy"
 RESUMABLE_TRAINING = ("logging_steps", "save_steps", "save_total_limit", "report_to")  # no effect on the weights
 RUN_SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
@@ -108,7 +107,7 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     if config.lora.enabled and not config.lora.merge and policy_ref.is_adapter:
         raise CaiError(f"lora.merge: the SL model {policy_ref.name} is itself a LoRA adapter (merged before RL), so an RL adapter saved on its own would sit on the wrong base; set lora.merge=true")
     prompts, queries = usable_prompts(config, tokenizer)
-    eval_prompts = held_out_reward_prompts(config.eval, training=prompts)
+    eval_prompts = held_out_reward_prompts(config.eval, training=prompts, per_set=config.rl.reward_check_prompts) if config.rl.reward_check_prompts else []
     checkpoints = layout.existing(store.root, layout.checkpoints(STAGE), STAGE)  # an older run: checkpoints/ppo
     inputs = policy_fingerprint(config, policy_ref=policy_ref, reward_ref=reward_ref, prompts=prompts, pairs=pairs)
     check_same_inputs(store, stage=STAGE, records_dir=STAGE, fingerprint=inputs, checkpoints=checkpoints)
@@ -131,7 +130,7 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     if run.resume and accelerator.is_main_process:
         print(f"[rl] policy: resuming from {run.resume}{run.resume_detail}")
     before = store.stage_info(STAGE).get("reward_before") if run.resume else None
-    if before is None and run.scorer is not None:
+    if before is None and run.scorer is not None and eval_prompts:
         with run.sl_policy() as sl_model:
             before = mean_reward(sl_model, tokenizer, eval_prompts, run.scorer, config, accelerator)
     store.mark_stage(STAGE, "running", reward_before=before, **run.step0)
@@ -140,10 +139,12 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
             print(f"[rl] policy: step-0 check passed (ratio gap {run.step0['step0/ratio_gap']:.1e}, reference gap {run.step0['step0/reference_gap']:.1e}, KL {run.step0['step0/kl']:.1e})")
         if before is not None:
             print(f"[rl] policy: mean reward before training {before:.4f} ({len(eval_prompts)} held-out prompts from eval.*, none trained on; greedy)")
+        elif run.scorer is not None and not eval_prompts:
+            print("[rl] policy: no reward check before and after training (rl.reward_check_prompts=0); the eval stage scores every model on the held-out prompts")
 
     run.train()
     trainer = run.trainer
-    after = mean_reward(run.policy(), tokenizer, eval_prompts, run.scorer, config, accelerator) if run.scorer is not None else None
+    after = mean_reward(run.policy(), tokenizer, eval_prompts, run.scorer, config, accelerator) if run.scorer is not None and eval_prompts else None
     save_final_policy(trainer, tokenizer, store.root / RL_MODEL, lora=config.lora, accelerator=accelerator)
     metrics = final_metrics(trainer.state.log_history)
     summary = {
@@ -256,7 +257,7 @@ def load_frozen_reward(reward_ref: models.ModelRef, tokenizer: Any, accelerator:
     return model.requires_grad_(False).eval().to(accelerator.device)
 
 
-def held_out_reward_prompts(settings: Any, *, training: list[str], per_set: int = EVAL_PROMPTS) -> list[str]:
+def held_out_reward_prompts(settings: Any, *, training: list[str], per_set: int) -> list[str]:
     """The first `per_set` prompts of each held-out eval set (`eval.red_team`, `eval.helpful`, `eval.benign`), none of them a training prompt."""
     from cai.prompt_sources import load_prompts
 
