@@ -2,7 +2,7 @@
 
 Run: python benchmarks/bench_lora_ppo_memory.py [--model embedded] [--response-length 16]
 
-Each mode runs in its own process (so peak RSS is its own): cai.ppo_training.build_ppo on
+Each mode runs in its own process (so peak RSS is its own): cai.policy.ppo.build_ppo on
 the model (policy, reference) and a reward model made from the same weights (value, reward),
 then one PPO step, so that gradients and Adam's moments exist. Reported per mode:
 - weights: bytes of distinct parameter tensors across policy, reference, value and reward

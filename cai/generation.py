@@ -91,6 +91,7 @@ class TransformersGenerator:
         self.seed = seed
         self.show_progress = show_progress
         self.stop_ids = end_of_turn_ids(tokenizer, model)  # a response ends at the template's end of turn, not only at EOS
+        self.cut_prompts: list[int] = []  # original lengths of prompts cut to fit; shared with `with_settings` copies
 
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int] | None = None, desc: str = "") -> list[str]:
         import torch
@@ -133,9 +134,15 @@ class TransformersGenerator:
         return outputs
 
     def _encode(self, prompt: str) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        limit = self.settings.max_prompt_length
-        return ids[-limit:] if limit and len(ids) > limit else ids
+        return fit_prompt(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], self.settings.max_prompt_length, self.cut_prompts)
+
+
+def fit_prompt(ids: list[int], limit: int, cut: list[int]) -> list[int]:
+    """The last `limit` tokens (the request and the turn opening matter most), noting the original length in `cut`."""
+    if limit and len(ids) > limit:
+        cut.append(len(ids))
+        return ids[-limit:]
+    return ids
 
 
 class VLLMGenerator:
@@ -150,6 +157,7 @@ class VLLMGenerator:
         self.settings = settings
         self.seed = seed
         self.engine = LLM(model=model_path, seed=seed, gpu_memory_utilization=settings.vllm_gpu_memory_utilization)
+        self.cut_prompts: list[int] = []
 
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int] | None = None, desc: str = "") -> list[str]:
         from vllm import SamplingParams
@@ -169,7 +177,7 @@ class VLLMGenerator:
             )
             for seed in seeds
         ]
-        token_prompts = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        token_prompts = [{"prompt_token_ids": fit_prompt(self.tokenizer(p, add_special_tokens=False)["input_ids"], self.settings.max_prompt_length, self.cut_prompts)} for p in prompts]
         results = self.engine.generate(token_prompts, params, use_tqdm=bool(desc))
         return [r.outputs[0].text.strip() for r in results]
 
@@ -239,6 +247,13 @@ class ChatCompleter:
         texts = [render_chat(self.tokenizer, messages) + opening for messages, opening in zip(conversations, openings, strict=True)]
         generator = self.sampler if keys is not None else self.greedy
         return generate_sharded(generator, texts, self.accelerator, keys=keys, desc=desc)
+
+    def cut_prompt_count(self) -> int:
+        """Prompts cut to `generation.max_prompt_length` so far, over every process (call it on all of them)."""
+        from accelerate.utils import gather_object
+
+        local = [len(self.greedy.cut_prompts)]
+        return sum(gather_object(local)) if self.accelerator.num_processes > 1 else local[0]
 
     def likelihood_ratio(self, requests: list[str], principle_turns: list[str], texts: list[str]) -> list[float]:
         """log p(text | principle, request) - log p(text | request), per text (cai/likelihood.py)."""

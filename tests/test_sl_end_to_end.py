@@ -68,6 +68,7 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     assert "quality gates:" in result.stdout and (output / "sl_data_card.md").is_file()
     assert manifest["stages"]["generate"]["status"] == "done"
     assert manifest["stages"]["sft"]["status"] == "done"
+    assert info["prompts_cut_to_fit"] == 0 and "lost their beginning" not in result.stdout
     times = {stage: manifest["stages"][stage]["seconds"] for stage in ("generate", "sft")}
     assert all(0 < t < 600 for t in times.values()), times
     summary = next(line for line in result.stdout.splitlines() if line.startswith("[sl] stage times: "))
@@ -92,6 +93,16 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     again = launch("sl.py", *tiny_args(tiny_model_dir, output))
     assert again.returncode == 0
     assert "generate: already done" in again.stdout and "sft: already done" in again.stdout
+
+
+def test_prompts_cut_to_the_context_are_counted_and_reported(tiny_model_dir, tmp_path):
+    """A demonstration plus a request longer than generation.max_prompt_length loses its beginning: counted, never silent."""
+    output = tmp_path / "run"
+    result = launch("sl.py", *tiny_args(tiny_model_dir, output, "stages=generate", "generation.max_prompt_length=40"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cut = json.loads((output / "manifest.json").read_text())["stages"]["generate"]["prompts_cut_to_fit"]
+    assert cut > 0
+    assert f"warning: {cut} model calls had prompts longer than generation.max_prompt_length=40 tokens" in result.stdout
 
 
 def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):

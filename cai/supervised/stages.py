@@ -70,6 +70,8 @@ def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constit
     records = run_chunked(store, stage="generate", records_dir=DATA_STAGE, items=plans, chunk_size=sl.chunk_size, work=work, accelerator=accelerator, tag="sl")
     check_record_ids(records, prompts, where=store.stage_dir(DATA_STAGE))
     stats = gate_statistics(records)
+    cut = policy.cut_prompt_count() + (critic.cut_prompt_count() if critic is not policy else 0)
+    stats["prompts_cut_to_fit"] = cut  # this launch's model calls (a resumed run: the chunks it generated)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         rejected = [r for r in records if not r["target"] or any(not step["accepted"] for step in r["rounds"])]
@@ -80,6 +82,8 @@ def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constit
     if accelerator.is_main_process:
         print(f"[sl] {DATA_STAGE}: {stats['red_team']} red-team chains, {stats['helpful']} helpful responses -> {store.stage_dir(DATA_STAGE)}")
         print(summary_lines(stats, store.root / layout.SL_DATA_CARD))
+        if cut:
+            print(f"[sl] {DATA_STAGE}: warning: {cut} model calls had prompts longer than generation.max_prompt_length={config.generation.max_prompt_length} tokens and lost their beginning (demonstrations first); raise generation.max_prompt_length or lower sl.few_shot")
         show_examples(records, sl.show_examples)
 
 
