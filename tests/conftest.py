@@ -80,6 +80,22 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="module")
+def accelerator():
+    """One CPU process, as the judges and labelers run under `accelerate launch --cpu`."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+@pytest.fixture(scope="module")
+def constitution():
+    """The test constitution (tests/data/constitution.yaml)."""
+    from cai.constitution import load_constitution
+
+    return load_constitution(DATA / "constitution.yaml")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -14,7 +14,6 @@ from conftest import DATA, ROOT, launch, run_module
 
 from cai import models
 from cai.config import FeedbackConfig
-from cai.constitution import load_constitution
 from cai.feedback.gold import audit_labeler, gold_metrics, read_gold, wilson_interval
 from cai.feedback.judge import Comparison, Judgement, Vote
 from cai.feedback.methods import (
@@ -42,18 +41,6 @@ def loaded(tiny_model_dir):
     model = models.load_causal_lm(ref)
     models.sync_pad_token(model, tokenizer)
     return model, tokenizer
-
-
-@pytest.fixture(scope="module")
-def accelerator():
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=True)
-
-
-@pytest.fixture(scope="module")
-def constitution():
-    return load_constitution(DATA / "constitution.yaml")
 
 
 def swapped(comparisons):

@@ -22,11 +22,13 @@ Departures from the paper (Bai et al. 2022, sec. 4.1), and why:
 - `feedback.principles_per_comparison` principles are drawn per comparison (the paper drew
   one and relied on many comparisons); `feedback.ensemble` averages probabilities (the
   paper's mean) or log-odds.
-- Quoted text is fenced between BEGIN/END lines whose marker (`===`) and the tokenizer's
-  special tokens are broken up inside the quote, the question and instruction follow the
-  quotes, and the answer prefix is written by us as the start of the assistant turn. So a
-  response holding "(A)", "The answer is" or a chat-turn token cannot move where the label
-  is read; the paper pasted responses verbatim.
+- Quoted text is fenced between BEGIN/END lines, the question and instruction follow the
+  quotes, and the answer prefix is written by us as the start of the assistant turn; inside a
+  quote, chat markers, fence lines, option headers, answer claims ("The answer is (A)") and
+  turn starts, look-alike spellings included, are replaced by inert tags
+  (`cai.feedback.quoting.neutralize`). So a response cannot move where the label is read nor,
+  measured on SmolLM2-135M, the label itself by more than noise; the paper pasted responses
+  verbatim.
 - With chain of thought, each raw vote is clamped to [cot_low, cot_high] before debiasing and
   ensembling (the paper clamps its single CoT probability to 40-60%); votes keep raw values.
 - Conversations longer than `feedback.max_length` have their longest quoted fields cut
@@ -41,7 +43,6 @@ import dataclasses
 import inspect
 import itertools
 import random
-import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -49,6 +50,7 @@ from typing import Any, Sequence
 from cai.config import Ensemble, FeedbackConfig, GenerationConfig, check_choice
 from cai.constitution import Constitution
 from cai.errors import CaiError
+from cai.feedback.quoting import neutralize
 
 ENSEMBLES = typing.get_args(Ensemble)
 OPTION_LETTERS = ("A", "B")
@@ -99,17 +101,9 @@ class Judgement:
 # ------------------------------------------------------------------ prompt construction
 
 
-def quote(text: str, special_tokens: Sequence[str] = ()) -> str:
-    """Neutralise what could end a quote early: fence markers and the tokenizer's special tokens."""
-    text = re.sub(r"={3,}", lambda m: "\u200b".join(m.group(0)), text)
-    for token in special_tokens:
-        if len(token) > 1 and token in text:
-            text = text.replace(token, token[0] + "\u200b" + token[1:])
-    return text
-
-
 def fenced(label: str, text: str, special_tokens: Sequence[str]) -> str:
-    return f"{FENCE} BEGIN {label} {FENCE}\n{quote(text, special_tokens)}\n{FENCE} END {label} {FENCE}"
+    """`text` between BEGIN/END fence lines, with whatever imitates the prompt's structure made inert."""
+    return f"{FENCE} BEGIN {label} {FENCE}\n{neutralize(text, special_tokens)}\n{FENCE} END {label} {FENCE}"
 
 
 def comparison_text(prompt: str, first: str, second: str, question: str, special_tokens: Sequence[str] = ()) -> str:
@@ -240,6 +234,11 @@ def check_settings(settings: FeedbackConfig) -> None:
         raise CaiError(f"feedback.batch_size: must be at least 1, got {settings.batch_size}")
 
 
+def neutralized(comparison: Comparison, special_tokens: Sequence[str]) -> Comparison:
+    """The texts as a judge quotes them, so that cutting to the token budget measures what is shown."""
+    return Comparison(comparison.id, *(neutralize(text, special_tokens) for text in (comparison.prompt, comparison.response_1, comparison.response_2)))
+
+
 def fit_comparison(tokenizer: Any, comparison: Comparison, budget: int) -> tuple[Comparison, bool]:
     """Cut the longest of prompt and responses to a common token cap so the quoted texts fit `budget`."""
     fields = [comparison.prompt, comparison.response_1, comparison.response_2]
@@ -293,7 +292,7 @@ def judge(
     for index, comparison in enumerate(comparisons):
         principles = constitution.sample_preferences(principle_rng(seed, comparison.id), settings.principles_per_comparison)
         drawn.append([p.id for p in principles])
-        fitted, cut = fit_comparison(tokenizer, comparison, budget)
+        fitted, cut = fit_comparison(tokenizer, neutralized(comparison, special), budget)
         truncated.append(cut)
         for principle in principles:
             for first in orders:
@@ -302,7 +301,7 @@ def judge(
     reasoning: list[str | None] = [None] * len(jobs)
     if settings.chain_of_thought:
         reasoning = chain_of_thought(feedback_model, tokenizer, [j[3] for j in jobs], settings, generation, accelerator, seed=seed)
-        texts = [render_prompt(tokenizer, j[3], f"{COT_PREFIX} {quote(r, special)}\n\n{ANSWER_PREFIX}") for j, r in zip(jobs, reasoning)]
+        texts = [render_prompt(tokenizer, j[3], f"{COT_PREFIX} {neutralize(r, special)}\n\n{ANSWER_PREFIX}") for j, r in zip(jobs, reasoning)]
     else:
         texts = [render_prompt(tokenizer, j[3], ANSWER_PREFIX) for j in jobs]
     p_a = option_scores_sharded(scorer, texts, accelerator)

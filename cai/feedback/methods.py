@@ -143,7 +143,7 @@ def pointwise_judge(model: Any, tokenizer: Any, comparisons: Sequence[Comparison
 
     Votes record `first` = 1 or 2 for the response scored and `p_a` = its P(Yes).
     """
-    from cai.feedback.judge import OptionScorer, fit_comparison, option_scores_sharded
+    from cai.feedback.judge import OptionScorer, fit_comparison, neutralized, option_scores_sharded
 
     if not comparisons:
         return []
@@ -154,7 +154,7 @@ def pointwise_judge(model: Any, tokenizer: Any, comparisons: Sequence[Comparison
     for comparison in comparisons:
         principles = draw_principles(constitution, settings, seed, comparison.id)
         drawn.append(principles)
-        fitted, cut = fit_comparison(tokenizer, comparison, budget)
+        fitted, cut = fit_comparison(tokenizer, neutralized(comparison, special), budget)
         truncated.append(cut)
         for principle in principles:
             texts += [pointwise_text(tokenizer, fitted.prompt, fitted.response_1, principle.question, special), pointwise_text(tokenizer, fitted.prompt, fitted.response_2, principle.question, special)]
