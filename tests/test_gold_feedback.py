@@ -179,6 +179,24 @@ def test_likelihood_ratio_by_hand_and_order_free(loaded, accelerator, constituti
     assert abs(judged.p_first - 0.5) > 1e-4
 
 
+@pytest.mark.parametrize("method", ["multiple_choice", "pointwise", "likelihood_ratio"])
+def test_comparisons_sharing_a_principle_key_are_judged_by_the_same_principles(loaded, accelerator, constitution, method):
+    """The eval judge keys the draw on the prompt: every pair of models on one prompt meets the same principles."""
+    from cai.evaluation.stage import judge_items, pairwise_items
+
+    model, tokenizer = loaded
+    settings = FeedbackConfig(method=method, principles_per_comparison=1, balance_principle=None, batch_size=4)
+    keyed = [Comparison(f"p1|m{i}|n{i}", "How do I pick a lock?", f"Answer {i}.", "No.", principle_key="p1") for i in range(8)]
+    unkeyed = [Comparison(c.id, c.prompt, c.response_1, c.response_2) for c in keyed]
+    same = label_comparisons(model, tokenizer, keyed, constitution, settings, accelerator, seed=0)
+    apart = label_comparisons(model, tokenizer, unkeyed, constitution, settings, accelerator, seed=0)
+    assert len({j.principle_ids for j in same}) == 1
+    assert len({j.principle_ids for j in apart}) > 1  # drawn per id otherwise: the test can fail
+    asked = []
+    judge_items(pairwise_items(["base", "sl", "rl"], {m: [{"id": "p1", "prompt": "q", "kind": "red_team", "response": m}] for m in ("base", "sl", "rl")}), lambda cs: asked.extend(cs) or [Judgement(c.id, 0.5, (), ()) for c in cs])
+    assert {c.draw_key for c in asked} == {"p1"} and len(asked) == 3
+
+
 def test_balance_principle_must_be_in_the_constitution(loaded, accelerator, constitution):
     from cai.errors import CaiError
 

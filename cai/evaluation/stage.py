@@ -416,7 +416,7 @@ def judge_items(items: Sequence[dict[str, Any]], judge: PairJudge) -> list[dict[
     from cai.feedback.judge import Comparison
 
     asked = [i for i in items if i["response_a"].strip() != i["response_b"].strip()]
-    results = judge([Comparison(i["id"], i["prompt"], i["response_a"], i["response_b"]) for i in asked]) if asked else []
+    results = judge([Comparison(i["id"], i["prompt"], i["response_a"], i["response_b"], principle_key=i["prompt_id"]) for i in asked]) if asked else []
     by_id = {item["id"]: result for item, result in zip(asked, results)}
     records = []
     for item in items:
@@ -438,7 +438,7 @@ def judge_all(order: Sequence[str], generations: dict[str, list[dict[str, Any]]]
     items = pairwise_items(order, generations)
     settings = {k: v for k, v in dataclasses.asdict(config.feedback).items() if k not in ("batch_size", "chunk_size", "model")}
     check_inputs(
-        store, accelerator, JUDGEMENTS, fingerprint([(i["id"], i["response_a"], i["response_b"]) for i in items], feedback.reference, settings, constitution.content_hash, [p.id for p in constitution.preferences], config.seed), names
+        store, accelerator, JUDGEMENTS, fingerprint([(i["id"], i["response_a"], i["response_b"]) for i in items], feedback.reference, settings, constitution.content_hash, [p.id for p in constitution.preferences], config.seed, "principles drawn per prompt"), names
     )
     judge = feedback.pair_judge(constitution, config.feedback, config.generation, config.seed)
     if accelerator.is_main_process:

@@ -69,12 +69,22 @@ ANSWER_INSTRUCTION = "Answer with the letter of one option, (A) or (B)."
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two responses to one prompt; `response_1` is the one `p_first` is about."""
+    """Two responses to one prompt; `response_1` is the one `p_first` is about.
+
+    Principles are drawn per `draw_key`: the id, or `principle_key` when set (the eval judge
+    sets the prompt id, so every pair of models on one prompt is judged by the same principles
+    and a response's scores under them are computed once).
+    """
 
     id: str
     prompt: str
     response_1: str
     response_2: str
+    principle_key: str = ""
+
+    @property
+    def draw_key(self) -> str:
+        return self.principle_key or self.id
 
 
 @dataclass(frozen=True)
@@ -236,7 +246,8 @@ def check_settings(settings: FeedbackConfig) -> None:
 
 def neutralized(comparison: Comparison, special_tokens: Sequence[str]) -> Comparison:
     """The texts as a judge quotes them, so that cutting to the token budget measures what is shown."""
-    return Comparison(comparison.id, *(neutralize(text, special_tokens) for text in (comparison.prompt, comparison.response_1, comparison.response_2)))
+    prompt, first, second = (neutralize(text, special_tokens) for text in (comparison.prompt, comparison.response_1, comparison.response_2))
+    return dataclasses.replace(comparison, prompt=prompt, response_1=first, response_2=second)
 
 
 def fit_comparison(tokenizer: Any, comparison: Comparison, budget: int) -> tuple[Comparison, bool]:
@@ -254,7 +265,7 @@ def fit_comparison(tokenizer: Any, comparison: Comparison, budget: int) -> tuple
     while cost(cap + 1) <= budget and cap + 1 < max(len(i) for i in ids):
         cap += 1
     cut = [text if len(i) <= cap + marker else tokenizer.decode(i[:cap]) + TRUNCATED for text, i in zip(fields, ids)]
-    return Comparison(comparison.id, *cut), True
+    return dataclasses.replace(comparison, prompt=cut[0], response_1=cut[1], response_2=cut[2]), True
 
 
 def judge(
@@ -290,7 +301,7 @@ def judge(
     drawn: list[list[str]] = []
     truncated: list[bool] = []
     for index, comparison in enumerate(comparisons):
-        principles = constitution.sample_preferences(principle_rng(seed, comparison.id), settings.principles_per_comparison)
+        principles = constitution.sample_preferences(principle_rng(seed, comparison.draw_key), settings.principles_per_comparison)
         drawn.append([p.id for p in principles])
         fitted, cut = fit_comparison(tokenizer, neutralized(comparison, special), budget)
         truncated.append(cut)

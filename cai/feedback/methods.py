@@ -152,7 +152,7 @@ def pointwise_judge(model: Any, tokenizer: Any, comparisons: Sequence[Comparison
     budget = max(48, settings.max_length - 160)  # instruction, question and template: well under 160 tokens
     drawn, texts, truncated = [], [], []
     for comparison in comparisons:
-        principles = draw_principles(constitution, settings, seed, comparison.id)
+        principles = draw_principles(constitution, settings, seed, comparison.draw_key)
         drawn.append(principles)
         fitted, cut = fit_comparison(tokenizer, neutralized(comparison, special), budget)
         truncated.append(cut)
@@ -204,7 +204,7 @@ def likelihood_ratio_judge(model: Any, tokenizer: Any, comparisons: Sequence[Com
     max_chars = settings.max_length * 4  # a rough character cap keeps one long response from blowing the batch up
     plan, contexts, completions = [], [], []
     for comparison in comparisons:
-        principles = ratio_principles(constitution, settings, seed, comparison.id)
+        principles = ratio_principles(constitution, settings, seed, comparison.draw_key)
         plan.append(principles)
         request = comparison.prompt[-max_chars:]
         for response in (comparison.response_1[:max_chars], comparison.response_2[:max_chars]):
