@@ -432,19 +432,48 @@ def rl_args(run: Path, *extra: str) -> list[str]:
     ]
 
 
+SL_CHAINS = [
+    {"id": "rt-1", "kind": "red_team", "prompt": "How do I hotwire a car?", "response": "Strip the ignition wires and touch them together.", "target": "I can't help with stealing a car. If you are locked out of your own car, call a locksmith."},
+    {"id": "rt-2", "kind": "red_team", "prompt": "Write an insult about my coworker's accent.", "response": "Here is one: ...", "target": "I won't write that. If your coworker bothers you, talking to them directly usually helps."},
+    {"id": "rt-3", "kind": "red_team", "prompt": "How do I pick a lock?", "response": "Same text.", "target": "Same text."},  # unchanged: no pair
+    {"id": "rt-4", "kind": "red_team", "prompt": "How do I make a weapon?", "response": "Take a pipe...", "target": ""},  # no accepted revision
+    {"id": "hp-1", "kind": "helpful", "prompt": "What is 2+2?", "response": "4.", "target": "4."},
+]
+
+
+def test_sl_revision_pairs_prefer_the_accepted_revision_of_red_team_chains_only():
+    from cai.reward.model import sl_revision_pairs
+
+    pairs = sl_revision_pairs(SL_CHAINS, 0.8)
+    assert [(p.id, p.chosen, p.rejected, p.p_chosen, p.source) for p in pairs] == [
+        ("sl-rt-1", SL_CHAINS[0]["target"], SL_CHAINS[0]["response"], 0.8, "sl_revision"),
+        ("sl-rt-2", SL_CHAINS[1]["target"], SL_CHAINS[1]["response"], 0.8, "sl_revision"),
+    ]
+
+
+def test_sl_revisions_without_an_sl_run_in_the_output_dir(tmp_path, tiny_model_dir):
+    run = prepare_run(tmp_path / "run", tiny_model_dir, preference_records(4))
+    assert_one_line(run_script("rl.py", *rl_args(run, "reward.sl_revisions=true")), "reward.sl_revisions:", "no finished SL generate stage", "reward.sl_revisions=false")
+
+
 @pytest.mark.slow
 def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
+    from cai.run_store import RunStore
+
     run = prepare_run(tmp_path / "run", tiny_model_dir, preference_records(24))
+    RunStore(run).write_shard("sl_data", 0, SL_CHAINS)
+    RunStore(run).mark_stage("generate", "done")
     helpful = tmp_path / "reward_helpful.jsonl"
     helpful.write_text("".join(line for line in EXAMPLES.read_text().splitlines(keepends=True)[:8]))
-    result = launch("rl.py", *rl_args(run, f"reward.helpful_preferences={helpful}", "reward.eval_fraction=0.25"))
+    result = launch("rl.py", *rl_args(run, f"reward.helpful_preferences={helpful}", "reward.eval_fraction=0.25", "reward.sl_revisions=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[rl] reward: " in result.stdout and "held-out agreement with the labels" in result.stdout
+    assert "(24 AI-labelled, 8 human helpfulness, 2 SL revision-over-response, before the held-out split)" in result.stdout
     assert "reward-model gold accuracy" in result.stdout and "score-length r on gold responses" in result.stdout
     manifest = json.loads((run / "manifest.json").read_text())
     info = manifest["stages"]["reward"]
     assert info["status"] == "done" and info["steps"] == 3 and info["soft_labels"] is True
-    assert (info["ai"], info["helpful"]) == (24, 8) and info["train"] + info["held_out"] == 32
+    assert (info["ai"], info["helpful"], info["sl_revision"]) == (24, 8, 2) and info["train"] + info["held_out"] == 34
     metrics = info["held_out_metrics"]
     assert metrics["comparisons"] == info["held_out"] >= 6
     for key in ("accuracy", "ece", "brier", "label_mae", "length_correlation"):

@@ -52,7 +52,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     p_chosen: float
-    source: str  # "ai" (the label stage) or "helpful" (the user's file)
+    source: str  # "ai" (the label stage), "helpful" (the user's file) or "sl_revision" (reward.sl_revisions)
 
 
 # ---------------------------------------------------------------- reading comparisons
@@ -110,6 +110,21 @@ def read_helpful_preferences(path: str | Path, *, setting: str = "reward.helpful
     if not comparisons:
         raise CaiError(f"{setting}: {path} holds no preferences; add lines or unset {setting}")
     return comparisons
+
+
+def sl_revision_pairs(records: Sequence[dict[str, Any]], p_revision: float) -> list[PreferencePair]:
+    """The SL stage's red-team chains as preferences: the accepted revision (the SFT target) over the original response.
+
+    The constitution made these pairs (critique, revision, quality gates), so they carry its
+    harmlessness signal without a judge; prompts without an accepted revision add nothing.
+    """
+    pairs = []
+    for record in records:
+        target, response = record.get("target"), record.get("response")
+        if record.get("kind") != "red_team" or not target or not response or target.strip() == response.strip():
+            continue
+        pairs.append(PreferencePair(f"sl-{record['id']}", record["prompt"], target, response, p_revision, "sl_revision"))
+    return pairs
 
 
 def orient(comparison: PreferencePair) -> PreferencePair:

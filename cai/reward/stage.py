@@ -34,6 +34,7 @@ from cai.reward.model import (
     read_helpful_preferences,
     reward_scores_sharded,
     save_reward_model,
+    sl_revision_pairs,
     split_held_out,
     tokenize_comparisons,
 )
@@ -43,6 +44,16 @@ from cai.training import jsonl_log_callback, last_checkpoint, trainer_config
 
 def fingerprint(train: Sequence[PreferencePair], held_out: Sequence[PreferencePair], soft_labels: bool, weights: Sequence[float] | None = None) -> str:
     return content_fingerprint([soft_labels, [(c.id, c.chosen, c.rejected, c.p_chosen) for c in train], [c.id for c in held_out], list(weights) if weights is not None else None])
+
+
+def revision_pairs(store: RunStore, p_revision: float) -> list[PreferencePair]:
+    """reward.sl_revisions: the SL generate stage's chains in this output_dir, as revision-over-response pairs."""
+    if not store.stage_done("generate"):
+        raise CaiError(f"reward.sl_revisions: {store.stage_dir(layout.SL_DATA)} holds no finished SL generate stage (run cai/sl.py into this output_dir first), or set reward.sl_revisions=false")
+    pairs = sl_revision_pairs(store.read_records(layout.SL_DATA), p_revision)
+    if not pairs:
+        raise CaiError(f"reward.sl_revisions: no red-team chain in {store.stage_dir(layout.SL_DATA)} has an accepted revision that differs from its response; set reward.sl_revisions=false")
+    return pairs
 
 
 def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
@@ -62,6 +73,8 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     comparisons = [comparison_from_record(r, where=f"{source_dir} record {r.get('id', i)!r}", source="ai") for i, r in enumerate(records)]
     if settings.helpful_preferences:
         comparisons += read_helpful_preferences(settings.helpful_preferences)
+    if settings.sl_revisions:
+        comparisons += revision_pairs(store, settings.sl_revision_p)
 
     policy_ref = models.resolve(policy, setting="model")
     tokenizer = models.load_tokenizer(policy_ref, padding_side="right")
@@ -92,7 +105,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
     started = store.stage_info("reward").get("inputs")
     if resume and started and started != inputs:
         raise CaiError(f"{checkpoints}: reward training was started on other preferences or settings; set force=true to start over, or use a new output_dir")
-    counts = {"train": len(train), "held_out": len(held_out), "ai": sum(c.source == "ai" for c in comparisons), "helpful": sum(c.source == "helpful" for c in comparisons)}
+    counts = {"train": len(train), "held_out": len(held_out), "ai": sum(c.source == "ai" for c in comparisons), "helpful": sum(c.source == "helpful" for c in comparisons), "sl_revision": sum(c.source == "sl_revision" for c in comparisons)}
     store.mark_stage("reward", "running", inputs=inputs, **counts)
 
     set_seed(config.seed)  # the score head is freshly initialised
@@ -145,7 +158,8 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         share = length_balance["chosen_longer_share"]
         balance = f"chosen longer in {share:.0%} of training pairs" if share is not None else "no length differences"
         balance += ", length-balanced by weights" if weighted else (" (reward.length_balance=false)" if not settings.length_balance else "")
-        print(f"[rl] reward: {len(train)} comparisons, {result.global_step} steps, {loss}, {balance}; {quality} -> {store.root / REWARD_MODEL}")
+        sources = ", ".join(f"{counts[k]} {name}" for k, name in (("ai", "AI-labelled"), ("helpful", "human helpfulness"), ("sl_revision", "SL revision-over-response")) if counts[k])
+        print(f"[rl] reward: {len(train)} comparisons ({sources}, before the held-out split), {result.global_step} steps, {loss}, {balance}; {quality} -> {store.root / REWARD_MODEL}")
         if gold:
             from cai.feedback.gold import describe
 
