@@ -238,7 +238,7 @@ def test_report_lists_stage_times_and_the_running_stage_so_far(tmp_path):
 
     run = tmp_path / "run"
     fabricate(run)
-    stages = {"generate": {"status": "done", "seconds": 75.0}, "sft": {"status": "done", "seconds": 30.4}, "policy": {"status": "done", "seconds": 200.0}, "eval": {"status": "running", "started": time.time() - 125}}
+    stages = {"generate": {"status": "done", "seconds": 75.0}, "sft": {"status": "done", "seconds": 30.4}, "policy": {"status": "done", "seconds": 200.0}, "eval": {"status": "done", "started": time.time() - 125}}  # done, but its time not yet recorded
     (run / "manifest.json").write_text(json.dumps({"stages": stages}))
     text = build_report(run).path.read_text()
     section = text.split("## Stage times")[1].split("\n## ")[0]

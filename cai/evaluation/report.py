@@ -487,7 +487,7 @@ def stage_times_section(run_dir: Path) -> list[str]:
         entry = stages.get(name) or {}
         if entry.get("seconds") is not None:
             seconds, note = float(entry["seconds"]), ""
-        elif entry.get("status") == "running" and entry.get("started"):
+        elif entry.get("started"):  # this launch's stage (eval marks itself done before it writes the report)
             seconds, note = max(0.0, time.time() - float(entry["started"])), " (so far: this report is written inside it)"
         else:
             continue
