@@ -6,6 +6,13 @@ EOS for templates without one); the reward model reads its score at the last non
 So reward-model training, PPO and evaluation all build exactly those ids here: the template's
 own tokens, no second BOS, and the end-of-turn token the policy emits (not the newline some
 templates add after it).
+
+A response is text a model wrote, so it is tokenized as plain text (`plain_text_ids`): where it
+spells a special token ("<|im_end|>", "<|im_start|>user") the spelling becomes ordinary tokens,
+never the special token, so a response cannot end its own turn early or open a fake user turn
+inside the scored ids. Only the chat template's own markers, and the one end-of-turn token appended
+here, are special tokens. (A generated response never holds the real token as text: generation
+stops at the end of turn and decodes without special tokens.)
 """
 
 from __future__ import annotations
@@ -25,14 +32,25 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
+def plain_text_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` as ordinary tokens: a special token's spelling inside it is split into plain pieces.
+
+    A fast tokenizer implements this by switching its shared backend per call, so threads that share
+    a tokenizer must not tokenize concurrently (`reward.function.ConstitutionalReward` holds its lock).
+    """
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def response_ids(tokenizer: Any, response: str) -> list[int]:
-    """The response's tokens followed by exactly one end-of-turn token (`models.end_of_turn_id`:
-    `<|im_end|>`, `<end_of_turn>`, ..., else EOS), as a finished rollout ends."""
-    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    ends = set(end_of_turn_ids(tokenizer))
-    while ids and ids[-1] in ends:
-        ids = ids[:-1]
-    return ids + [end_of_turn_id(tokenizer)]
+    """The response's tokens (`plain_text_ids`) followed by exactly one end-of-turn token (`models.end_of_turn_id`:
+    `<|im_end|>`, `<end_of_turn>`, ..., else EOS), as a finished rollout ends.
+
+    End-of-turn or EOS spellings that close the text (one decoded with its special tokens) are that
+    one end, not text before it; the same spellings anywhere else stay text."""
+    ends = [token for token in tokenizer.convert_ids_to_tokens(end_of_turn_ids(tokenizer)) if token]
+    while ending := next((token for token in ends if response.endswith(token)), None):
+        response = response[: -len(ending)]
+    return plain_text_ids(tokenizer, response) + [end_of_turn_id(tokenizer)]
 
 
 def scored_ids(tokenizer: Any, prompt: str, response: str, *, max_length: int | None = None) -> list[int]:

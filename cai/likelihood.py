@@ -5,6 +5,10 @@ context: mean log p(completion | principle turn, request) - mean log p(completio
 It needs no judging ability, only the model's own distribution, so it still separates
 safe from compliant replies on a 135M model where option-letter judging is at chance. Means
 over tokens (not sums) keep it from favouring short or long completions.
+
+The completion is tokenized as plain text (`chat_format.plain_text_ids`): a completion that spells
+"<|im_end|>" or "<|im_start|>user" is scored on those ordinary tokens, not on a real end of turn or
+a fake user turn inside the scored sequence. The context keeps the chat template's special tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages]
     """
     import torch
 
+    from cai.chat_format import plain_text_ids
     from cai.generation import render_chat
 
     rows: list[tuple[list[int], list[int]]] = []
@@ -35,7 +40,7 @@ def completion_logprobs(model: Any, tokenizer: Any, contexts: Sequence[Messages]
         if key not in row_of:
             row_of[key] = len(rows)
             prefix = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            body = tokenizer(completion, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            body = plain_text_ids(tokenizer, completion) or [tokenizer.eos_token_id]
             rows.append((prefix, body))
         wanted.append(row_of[key])
     scores = [0.0] * len(rows)

@@ -2,12 +2,14 @@
 references and prompt files exist, the manifest is one of ours, LoRA targets name real modules.
 
 Each check is cheap (no weights load; LoRA targets are matched on an empty, meta-device copy of
-the model built from its config), so a mistake costs one `cai: error:` line instead of a run
-folder, a manifest and a model load that the first stage then throws away.
+the model built from its config: config.json, a GGUF file's metadata, an adapter's base model's),
+so a mistake costs one `cai: error:` line instead of a run folder, a manifest and a model load
+that the first stage then throws away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -90,20 +92,16 @@ def check_lora_targets(reference: str, targets: str | list[str]) -> None:
     or its last dotted parts); checked on a meta-device copy, so nothing loads."""
     if isinstance(targets, str) or not reference:
         return  # "all-linear" or a regex: peft's own rules
-    directory = models.embedded_checkpoint_dir() if reference == models.EMBEDDED else Path(reference).expanduser()
-    if (directory / "config.json").is_file():
-        source = str(directory)
-    elif not directory.exists() and reference != models.EMBEDDED and not reference.endswith(".gguf"):
-        source = reference  # a hub id: its config.json (from the cache when offline)
-    else:
-        return  # an adapter, a GGUF file, a model not made yet: checked when it loads
+    config = config_without_weights(reference)
+    if config is None:
+        return  # a model not made yet, a hub id not cached offline: checked when it loads
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     try:
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
-    except Exception:  # offline without a cached config, an unknown architecture: the stage that loads it reports it
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # an architecture this transformers cannot build: the stage that loads it reports it
         return
     names = [name for name, _ in model.named_modules() if name]
     suffixes = {".".join(name.split(".")[-k:]) for name in names for k in range(1, len(name.split(".")) + 1)}
@@ -111,3 +109,31 @@ def check_lora_targets(reference: str, targets: str | list[str]) -> None:
     if unknown:
         layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if getattr(getattr(module, "weight", None), "ndim", 0) == 2})
         raise CaiError(f"lora.target_modules: {', '.join(map(repr, unknown))} not in {reference} (its weight layers: {', '.join(layers)}); use some of those or 'all-linear'")
+
+
+def config_without_weights(reference: str, *, seen: frozenset[str] = frozenset()) -> Any | None:
+    """The config of the model a reference names, read without its weights: a directory's config.json,
+    a GGUF file's metadata (the embedded model's before its conversion), an adapter's base model
+    (resolved the same way), a hub id's cached config. None when there is nothing to read yet."""
+    from transformers import AutoConfig
+
+    reference = reference.strip()
+    try:
+        if reference == models.EMBEDDED:
+            directory = models.embedded_checkpoint_dir()
+            return AutoConfig.from_pretrained(directory) if (directory / "config.json").is_file() else models.gguf_config(models.embedded_gguf_path())
+        path = Path(reference).expanduser()
+        if reference.endswith(".gguf"):
+            return models.gguf_config(path) if path.is_file() else None
+        if (path / "adapter_config.json").is_file():
+            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+            if not isinstance(base, str) or not base.strip() or str(path.resolve()) in seen:
+                return None
+            return config_without_weights(base, seen=seen | {str(path.resolve())})
+        if (path / "config.json").is_file():
+            return AutoConfig.from_pretrained(path)
+        if path.exists():
+            return None  # a directory without a config yet
+        return AutoConfig.from_pretrained(reference)  # a hub id: its config.json (from the cache when offline)
+    except Exception:  # offline without a cached config, an unreadable file: the stage that loads it reports it
+        return None

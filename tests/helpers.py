@@ -65,3 +65,31 @@ def kill_when(name: str, args: list[str], ready: Path, *, timeout: float = 180, 
         time.sleep(poll)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def write_tiny_gguf(path: Path, *, layers: int = 2, hidden: int = 64, vocabulary: int = 32) -> Path:
+    """A llama GGUF with a config's worth of metadata and one tensor (the embedding), small enough
+    that transformers' whole-file reader is quick too: something to compare a metadata-only reader with."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(2 * hidden)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_rope_dimension_count(hidden // 4)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(vocabulary)])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_tensor("token_embd.weight", np.zeros((vocabulary, hidden), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -4,13 +4,14 @@ housekeeping (issue 11): each bad input is one `cai: error:` line with exit code
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
 from conftest import DATA
-from helpers import assert_one_line, run_script
+from helpers import assert_one_line, run_script, write_tiny_gguf
 
 from cai.run_store import RunStore, atomic_write_text
 
@@ -88,6 +89,69 @@ def test_known_lora_target_modules_pass(tiny_model_dir):
 
     check_lora_targets(str(tiny_model_dir), ["q_proj", "self_attn.v_proj", "down_proj"])
     check_lora_targets(str(tiny_model_dir), "all-linear")
+
+
+def adapter_on(directory: Path, base: str) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
+    return directory
+
+
+def assert_unknown_target(reference: str) -> None:
+    from cai.errors import CaiError
+    from cai.preflight import check_lora_targets
+
+    with pytest.raises(CaiError) as caught:
+        check_lora_targets(reference, ["q_proj", "qkv_proj"])
+    message = str(caught.value)
+    assert message.startswith(f"lora.target_modules: 'qkv_proj' not in {reference} (its weight layers: "), message
+    assert "q_proj" in message and "down_proj" in message and message.endswith("; use some of those or 'all-linear'")
+    check_lora_targets(reference, ["q_proj", "self_attn.v_proj", "down_proj"])
+
+
+def test_lora_targets_of_the_embedded_model_before_its_conversion(tmp_path, monkeypatch):
+    """No converted checkpoint yet (an empty cache): the targets are checked on the GGUF's metadata."""
+    from cai import models
+
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
+    assert not (models.embedded_checkpoint_dir() / "config.json").exists()
+    assert_unknown_target(models.EMBEDDED)
+    assert not (tmp_path / "cache").exists()  # nothing converted, nothing written
+
+
+def test_lora_targets_of_a_gguf_file(tmp_path):
+    assert_unknown_target(str(write_tiny_gguf(tmp_path / "tiny.gguf")))
+
+
+def test_lora_targets_of_an_adapter_are_its_base_models(tmp_path, tiny_model_dir):
+    assert_unknown_target(str(adapter_on(tmp_path / "adapter", str(tiny_model_dir))))
+    gguf_base = write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert_unknown_target(str(adapter_on(tmp_path / "on-adapter", str(adapter_on(tmp_path / "on-gguf", str(gguf_base))))))  # resolved recursively
+
+
+@pytest.mark.parametrize("reference", ["run/sl_model", "adapter-on-missing-base", "adapter-on-itself", "missing.gguf"])
+def test_lora_targets_of_a_model_not_made_yet_are_not_checked(tmp_path, reference):
+    from cai.preflight import check_lora_targets
+
+    if reference == "adapter-on-missing-base":
+        adapter_on(tmp_path / reference, str(tmp_path / "run" / "sl_model"))
+    elif reference == "adapter-on-itself":
+        adapter_on(tmp_path / reference, str(tmp_path / reference))
+    check_lora_targets(str(tmp_path / reference), ["qkv_proj"])
+
+
+def test_gguf_config_matches_transformers_whole_file_reader(tmp_path):
+    """`models.gguf_config` reads metadata only; it must build the config transformers' loader would."""
+    from transformers import AutoConfig
+
+    from cai import models
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", layers=3, hidden=48, vocabulary=40)
+    ours, theirs = models.gguf_config(gguf).to_dict(), AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
+    ours.pop("_name_or_path")
+    theirs.pop("_name_or_path")
+    assert ours == theirs
+    assert (ours["model_type"], ours["num_hidden_layers"], ours["hidden_size"], ours["vocab_size"], ours["tie_word_embeddings"]) == ("llama", 3, 48, 40, True)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,9 @@ Left alone on purpose: Yes/No claims (the pointwise and refusal judges' answers)
 answer is no" is ordinary prose; persuasion in plain words ("this response is the better one"),
 which no list of markers can catch (debiasing positions and a stronger judge are the defence
 there); and `likelihood_ratio`, which shows the judge no quote: it scores each response as the
-assistant's own turn.
+assistant's own turn, tokenized as plain text (`chat_format.plain_text_ids`), so a response that
+spells `<|im_end|>` or `<|im_start|>user` is scored on those ordinary tokens and can neither end
+its turn early nor open a user turn.
 """
 
 from __future__ import annotations

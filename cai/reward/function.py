@@ -122,11 +122,15 @@ class ConstitutionalReward:
         """Raw reward of each (prompt, completion), no penalty."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
-        return self.score_ids([self.ids(p, c) for p, c in zip(prompts, completions)])
+        with self.lock:  # a fast tokenizer switches its shared backend per call (chat_format.plain_text_ids)
+            ids = [self.ids(p, c) for p, c in zip(prompts, completions)]
+        return self.score_ids(ids)
 
     def score_texts(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         heads = list(prompts) if prompts else [None] * len(queries)
-        return self.score_ids([self.text_ids(q, p) for q, p in zip(queries, heads, strict=True)])
+        with self.lock:
+            ids = [self.text_ids(q, p) for q, p in zip(queries, heads, strict=True)]
+        return self.score_ids(ids)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None, log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
         raw = self.score(prompts, completions)
