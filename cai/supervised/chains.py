@@ -20,6 +20,10 @@ Departures from the paper, and why:
   than they follow "rewrite your response" (measured in docs/sl_quality.md).
 - `sl.revision_samples` > 1 samples several revisions and keeps the gate-passing one whose
   likelihood rises most when the principle is in context (best-of-n; not in the paper).
+- `sl.critique: false` skips the critique and revises from the principle alone: the paper's
+  "direct revisions" (its section 3.5), one generation fewer per round. A 135M critic's
+  critiques are mostly off the point, so on small models they cost time and add little
+  (measured in docs/sl_quality.md).
 """
 
 from __future__ import annotations
@@ -66,19 +70,15 @@ def pick_demonstrations(constitution: Constitution, count: int, rng: random.Rand
     return rng.sample(demos, min(count, len(demos)))
 
 
-def demonstration_turns(constitution: Constitution, demos: list[Demonstration]) -> Messages:
-    """Each worked example as the chat turns of a complete critique-revision exchange."""
+def demonstration_turns(constitution: Constitution, demos: list[Demonstration], *, critique: bool = True) -> Messages:
+    """Each worked example as the chat turns of a complete exchange (without its critique for direct revisions)."""
     turns: Messages = []
     for demo in demos:
         principle = constitution.critique(demo.principle_id)
-        turns += [
-            {"role": "user", "content": demo.prompt},
-            {"role": "assistant", "content": demo.response},
-            {"role": "user", "content": principle.critique_request},
-            {"role": "assistant", "content": demo.critique},
-            {"role": "user", "content": principle.revision_request},
-            {"role": "assistant", "content": demo.revision},
-        ]
+        turns += [{"role": "user", "content": demo.prompt}, {"role": "assistant", "content": demo.response}]
+        if critique:
+            turns += [{"role": "user", "content": principle.critique_request}, {"role": "assistant", "content": demo.critique}]
+        turns += [{"role": "user", "content": principle.revision_request}, {"role": "assistant", "content": demo.revision}]
     return turns
 
 
@@ -94,7 +94,10 @@ def critique_messages(demos: Messages, prompt: str, response: str, principle: Cr
     ]
 
 
-def revision_messages(demos: Messages, prompt: str, response: str, principle: CritiquePrinciple, critique: str) -> Messages:
+def revision_messages(demos: Messages, prompt: str, response: str, principle: CritiquePrinciple, critique: str | None) -> Messages:
+    """The revision request after the critique exchange, or straight after the response (a direct revision)."""
+    if critique is None:
+        return demos + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}, {"role": "user", "content": principle.revision_request}]
     return critique_messages(demos, prompt, response, principle) + [
         {"role": "assistant", "content": critique},
         {"role": "user", "content": principle.revision_request},
@@ -142,7 +145,7 @@ def draw_principles(constitution: Constitution, prompt: Prompt, rng: random.Rand
     return [rng.choice(fitting)] * rounds, ["category"] * rounds
 
 
-def plan_chains(prompts: list[Prompt], constitution: Constitution, *, rounds: int, few_shot: int, per_round: bool, seed: int, selection: str = "random") -> list[ChainPlan]:
+def plan_chains(prompts: list[Prompt], constitution: Constitution, *, rounds: int, few_shot: int, per_round: bool, seed: int, selection: str = "random", critique: bool = True) -> list[ChainPlan]:
     plans = []
     for prompt in prompts:
         rng = principle_rng(seed, prompt.id)
@@ -150,25 +153,26 @@ def plan_chains(prompts: list[Prompt], constitution: Constitution, *, rounds: in
             plans.append(ChainPlan(prompt, [], []))
             continue
         principles, rules = draw_principles(constitution, prompt, rng, rounds=rounds, per_round=per_round, selection=selection)
-        demos = demonstration_turns(constitution, pick_demonstrations(constitution, few_shot, rng))
+        demos = demonstration_turns(constitution, pick_demonstrations(constitution, few_shot, rng), critique=critique)
         plans.append(ChainPlan(prompt, principles, demos, rules))
     return plans
 
 
-def distillation_system(principle: CritiquePrinciple, critique: str) -> str:
-    """The system turn of a context-distillation revision: the principle and the critique, then "answer"."""
-    return f'You are answering the user\'s message below. A reviewer read an earlier draft of your answer and said: "{critique}"\nWhat your answer must do: {principle.revision_request}\nWrite only your answer to the user.'
+def distillation_system(principle: CritiquePrinciple, critique: str | None) -> str:
+    """The system turn of a context-distillation revision: the principle (and the critique, when written), then "answer"."""
+    review = "" if critique is None else f' A reviewer read an earlier draft of your answer and said: "{critique}"'
+    return f"You are answering the user's message below.{review}\nWhat your answer must do: {principle.revision_request}\nWrite only your answer to the user."
 
 
-def distillation_messages(prompt: str, principle: CritiquePrinciple, critique: str) -> Messages:
+def distillation_messages(prompt: str, principle: CritiquePrinciple, critique: str | None) -> Messages:
     """The request again, with principle and critique in context; SFT later trains without them."""
     return [{"role": "system", "content": distillation_system(principle, critique)}, {"role": "user", "content": prompt}]
 
 
-def parrot_references(constitution: Constitution, principle: CritiquePrinciple, critique: str) -> list[str]:
+def parrot_references(constitution: Constitution, principle: CritiquePrinciple, critique: str | None) -> list[str]:
     """Texts a revision must not repeat back: the principle's requests, the critique, every demonstration."""
     demos = [text for d in constitution.few_shot for text in (d.prompt, d.response, d.critique, d.revision)]
-    return [principle.critique_request, principle.revision_request, critique, *demos]
+    return [principle.critique_request, principle.revision_request, *([critique] if critique else []), *demos]
 
 
 class Completer(Protocol):
@@ -189,10 +193,11 @@ class ChainSettings:
     revision_mode: str = "critique_revision"
     revision_samples: int = 1
     gates: GatesConfig = field(default_factory=GatesConfig)
+    critique: bool = True
 
     @classmethod
     def from_config(cls, sl: Any) -> ChainSettings:
-        return cls(revision_mode=sl.revision_mode, revision_samples=sl.revision_samples, gates=sl.gates)
+        return cls(revision_mode=sl.revision_mode, revision_samples=sl.revision_samples, gates=sl.gates, critique=sl.critique)
 
 
 def prepare(text: str, gates: GatesConfig) -> str:
@@ -226,11 +231,13 @@ def run_chains(plans: list[ChainPlan], complete: Completer, *, constitution: Con
     for index in range(max_rounds):
         active = [i for i, p in enumerate(plans) if index < len(p.principles)]
         principles = [plans[i].principles[index] for i in active]
-        critiques = complete(
-            [critique_messages(plans[i].demos, plans[i].prompt.prompt, current[i], principle) for i, principle in zip(active, principles)],
-            f"critique {index + 1}/{max_rounds}",
-        )
-        critiques = [clean_text(c) for c in critiques]
+        critiques: list[str | None] = [None] * len(active)
+        if settings.critique:
+            written = complete(
+                [critique_messages(plans[i].demos, plans[i].prompt.prompt, current[i], principle) for i, principle in zip(active, principles)],
+                f"critique {index + 1}/{max_rounds}",
+            )
+            critiques = [clean_text(c) for c in written]
         candidates = _revise(plans, active, principles, critiques, current, complete, settings, index, max_rounds)
         scores = _score(plans, active, principles, current, candidates, scorer) if settings.revision_samples > 1 else None
         for position, (i, principle, critique) in enumerate(zip(active, principles, critiques)):

@@ -78,7 +78,8 @@ def data_card(records: list[dict[str, Any]], stats: dict[str, Any], *, constitut
         "# SL-CAI data card",
         "",
         f"Constitution `{constitution.name}` v{constitution.version} (hash `{constitution.content_hash}`); revision mode `{settings.revision_mode}`, "
-        f"principle selection `{settings.principle_selection}`, {settings.revision_rounds} round(s), {settings.revision_samples} sample(s) per round.",
+        f"principle selection `{settings.principle_selection}`, {settings.revision_rounds} round(s), {settings.revision_samples} sample(s) per round, "
+        + ("a critique before each revision." if settings.critique else "direct revisions (no critique)."),
         "",
         "| | count |",
         "|---|---|",

@@ -53,7 +53,7 @@ def run_generate(config: SLRunConfig, store: RunStore, accelerator: Any, constit
     if sl.principle_selection == "category" and not any(c.categories for c in constitution.critiques):
         raise CaiError(f"sl.principle_selection: 'category' needs principles that declare categories, and {constitution.path} declares none; add 'categories' to its critiques or use 'random'")
     check_same_inputs(store, stage="generate", records_dir=DATA_STAGE, fingerprint=generate_fingerprint(prompts, config, constitution))
-    plans = plan_chains(prompts, constitution, rounds=sl.revision_rounds, few_shot=sl.few_shot, per_round=sl.principle_per_round, seed=config.seed, selection=sl.principle_selection)
+    plans = plan_chains(prompts, constitution, rounds=sl.revision_rounds, few_shot=sl.few_shot, per_round=sl.principle_per_round, seed=config.seed, selection=sl.principle_selection, critique=sl.critique)
     policy = ChatCompleter(config.model, config.generation, config.seed, accelerator, setting="model", sample_temperature=sl.revision_temperature)
     critic = policy
     if sl.critique_model and sl.critique_model != config.model:
@@ -102,7 +102,8 @@ def show_examples(records: list[dict[str, Any]], count: int) -> None:
         print(f"RESPONSE  {_short(record['response'])}")
         for number, step in enumerate(record["rounds"], start=1):
             verdict = "accepted" if step["accepted"] else "rejected: " + step["failures"].replace(",", ", ")
-            print(f"CRITIQUE{number} [{step['principle_id']}, {step['principle_rule']}] {_short(step['critique'])}")
+            critique = "(none: a direct revision)" if step["critique"] is None else _short(step["critique"])
+            print(f"CRITIQUE{number} [{step['principle_id']}, {step['principle_rule']}] {critique}")
             print(f"REVISION{number} ({verdict}) {_short(step['revision'])}")
         print(f"TARGET    {_short(record['target']) if record['target'] else '(none: prompt left out of SFT)'}")
     if shown:
