@@ -50,6 +50,19 @@ def swapped(comparisons):
 # ------------------------------------------------------------------ gold metrics on planted judges
 
 
+def test_a_gold_sample_spreads_over_the_kinds_and_depends_only_on_the_seed():
+    from cai.feedback.gold import gold_sample
+
+    pairs = read_gold(GOLD)
+    kinds = {p.kind for p in pairs}
+    sample = gold_sample(pairs, 40, seed=0)
+    assert len(sample) == 40 and len({p.id for p in sample}) == 40
+    assert {kind: sum(p.kind == kind for p in sample) for kind in kinds} == dict.fromkeys(kinds, 10)
+    assert [p.id for p in sample] == [p.id for p in pairs if p in sample]  # file order kept
+    assert gold_sample(pairs, 40, seed=0) == sample and gold_sample(pairs, 40, seed=1) != sample
+    assert gold_sample(pairs, None, seed=0) == pairs and gold_sample(pairs, 500, seed=0) == pairs
+
+
 def test_wilson_interval_by_hand():
     # p = 0.5, n = 100: centre 0.5, half-width 1.96 * sqrt(0.0025 + 3.8415/40000) / (1 + 3.8415/100) = 0.09617
     low, high = wilson_interval(50, 100)
@@ -233,7 +246,7 @@ def constructed_run(root: Path, pairs=CONSTRUCTED) -> Path:
 
 def small_gold(path: Path, count: int = 6) -> Path:
     lines = GOLD.read_text(encoding="utf-8").splitlines()
-    picked = [lines[i] for i in (0, 1, 2, 3, 4, 5, 6, 7)[:count]]
+    picked = lines[:count]
     path.write_text("\n".join(picked) + "\n", encoding="utf-8")
     return path
 
@@ -281,8 +294,8 @@ def test_contrastive_labels_without_judge_are_the_setting(tmp_path, tiny_model_d
 @pytest.mark.slow
 def test_label_stage_reports_gold_accuracy_in_manifest_and_output(tmp_path, tiny_model_dir):
     root = constructed_run(tmp_path / "run")
-    gold = small_gold(tmp_path / "gold.jsonl", 8)
-    result = launch("rl.py", *label_args(root, tiny_model_dir, f"feedback.gold={gold}", "feedback.principles_per_comparison=1"))
+    gold = small_gold(tmp_path / "gold.jsonl", 12)
+    result = launch("rl.py", *label_args(root, tiny_model_dir, f"feedback.gold={gold}", "feedback.gold_pairs=8", "feedback.principles_per_comparison=1"))
     assert result.returncode == 0, result.stderr[-3000:]
     gold_info = json.loads((root / "manifest.json").read_text())["stages"]["label"]["gold"]
     assert gold_info["count"] == 8 and gold_info["method"] == "multiple_choice"

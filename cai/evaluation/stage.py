@@ -366,9 +366,9 @@ def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunCo
     Kept in `eval/judge_gold.json` with what it depends on, so a rerun with every record on disk loads no
     model; when the judge is this run's labeler with the same settings, the label stage's audit is reused.
     """
-    from cai.feedback.gold import audit_key, audit_labeler, describe, read_gold
+    from cai.feedback.gold import audit_key, audit_labeler, describe, gold_sample, read_gold
 
-    pairs = read_gold(config.feedback.gold, setting="feedback.gold")
+    pairs = gold_sample(read_gold(config.feedback.gold, setting="feedback.gold"), config.feedback.gold_pairs, config.seed)
     key = audit_key(pairs, feedback.reference, config.feedback, constitution, config.seed)
     path = store.root / layout.EVAL_JUDGE_GOLD
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

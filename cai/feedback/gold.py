@@ -54,6 +54,28 @@ def read_gold(path: str | Path, *, setting: str = "feedback.gold") -> list[GoldP
     return pairs
 
 
+def gold_sample(pairs: Sequence[GoldPair], count: int | None, seed: int) -> list[GoldPair]:
+    """At most `count` pairs, taken in turn from each kind (each kind shuffled with `seed`), in file order.
+
+    A smaller audit keeps every kind represented; the accuracy interval widens with fewer pairs.
+    """
+    if count is None or count >= len(pairs):
+        return list(pairs)
+    import random
+
+    by_kind: dict[str, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        by_kind.setdefault(pair.kind, []).append(index)
+    rng = random.Random(seed)
+    queues = [rng.sample(indices, len(indices)) for _, indices in sorted(by_kind.items())]
+    chosen: list[int] = []
+    while len(chosen) < count:
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop())
+    return [pairs[i] for i in sorted(chosen)]
+
+
 def gold_first(index: int) -> bool:
     """Whether the gold-chosen response is shown first for the pair at `index` (alternating)."""
     return index % 2 == 0
@@ -168,7 +190,7 @@ def audit_command(argv: Sequence[str]) -> int:
     settings = config.feedback
     if not settings.gold:
         raise CaiError("feedback.gold: no gold set to audit on; set feedback.gold=examples/gold_preferences.jsonl")
-    pairs = read_gold(settings.gold)
+    pairs = gold_sample(read_gold(settings.gold), settings.gold_pairs, config.seed)
     constitution = load_constitution(config.constitution)
     reference = settings.model or _run_base_model(config)
     quiet_libraries()

@@ -165,12 +165,12 @@ def audit_gold(model: Any, tokenizer: Any, constitution: Constitution, config: R
     """The labeler on the gold set: metrics for the manifest, one record per pair in `label_gold.jsonl`."""
     import json
 
-    from cai.feedback.gold import audit_key, audit_labeler, read_gold
+    from cai.feedback.gold import audit_key, audit_labeler, gold_sample, read_gold
     from cai.layout import LABEL_GOLD
     from cai.run_store import atomic_write_text
 
     settings = config.feedback
-    pairs = read_gold(settings.gold)
+    pairs = gold_sample(read_gold(settings.gold), settings.gold_pairs, config.seed)
     metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=settings.method)
     metrics["gold_set"] = settings.gold
     metrics["audit_key"] = audit_key(pairs, reference, settings, constitution, config.seed)  # lets the eval judge reuse this audit
