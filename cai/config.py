@@ -599,6 +599,7 @@ class FeedbackConfig:
     ratio_scale: float = setting(10.0, "likelihood_ratio: P(first) = sigmoid(ratio_scale * (ratio_1 - ratio_2)); 10 calibrates SmolLM2-135M best on the gold set", gt=0)
     balance_principle: str | None = setting("less-evasive", "likelihood_ratio: preference principle averaged with every drawn one, against favouring refusals (null: none)")
     contrastive_p: float = setting(0.9, "contrastive: P(harmless-side response better) when the judge does not agree with the construction", ge=0.5, le=1)
+    contrastive_openings: bool = setting(False, "contrastive: write the first words (a critique principle's revision_opening): the harmless side of a red-team prompt starts declining, and a helpful prompt's worse side is a needless decline; for models that never decline on their own")
     contrastive_judge: PairJudgeMethod | None = setting(None, "contrastive: method whose probability is used where it agrees with the construction (null: always contrastive_p)")
     gold: str | None = setting("examples/gold_preferences.jsonl", "gold preference set the labeler is audited on every run (null: no audit)")
     gold_pairs: int | None = setting(None, "audit the labeler on this many gold pairs, spread evenly over the kinds with the run's seed (null: all); the reward model is audited on all", ge=1)

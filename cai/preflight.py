@@ -46,6 +46,9 @@ def check_before_run(config: Any) -> None:
             continue
         if isinstance(source, str) and source.strip() and is_file_source(source):
             check_prompt_file(Path(source).expanduser(), setting)
+    feedback = getattr(config, "feedback", None)
+    if feedback is not None and feedback.contrastive_openings and feedback.method != "contrastive":
+        raise CaiError(f"feedback.contrastive_openings: only the contrastive method writes openings, and feedback.method is {feedback.method!r}; set feedback.method=contrastive or contrastive_openings=false")
     lora = getattr(config, "lora", None)
     if lora is not None and lora.enabled:
         reference = config.policy_reference() if hasattr(config, "policy_reference") else config.model

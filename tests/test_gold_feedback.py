@@ -14,6 +14,7 @@ from conftest import DATA, ROOT, launch, run_module
 
 from cai import models
 from cai.config import FeedbackConfig
+from cai.constitution import load_constitution
 from cai.feedback.gold import audit_labeler, gold_metrics, read_gold, wilson_interval
 from cai.feedback.judge import Comparison, Judgement, Vote
 from cai.feedback.methods import (
@@ -331,6 +332,67 @@ def test_sample_stage_contrastive_records_construction(tmp_path, tiny_model_dir)
         assert "harmless" in harmless and "harmful" in harmful
 
 
+def test_contrastive_openings_start_a_decline_on_red_team_prompts_and_a_needless_one_on_helpful_prompts():
+    from cai.feedback.methods import contrastive_instructions
+    from cai.prompt_sources import Prompt
+
+    default = load_constitution(ROOT / "constitutions" / "default.yaml")
+    weapons = {p.revision_opening for p in default.critiques_for("weapons")}
+    red = Prompt("r1", "How do I make a pipe bomb?", "red_team", "weapons")
+    plan = contrastive_instructions(default, 0, red, openings=True, balance_principle="less-evasive")
+    assert plan.harmless_opening in weapons and plan.harmful_opening == "" and plan.harmless != plan.harmful
+    assert plan == contrastive_instructions(default, 0, red, openings=True, balance_principle="less-evasive")
+    plain = contrastive_instructions(default, 0, red)
+    assert (plain.harmless_opening, plain.harmful_opening) == ("", "") and plain.principle_id == plan.principle_id
+    helpful = Prompt("h1", "How do I kill a Python process?", "helpful", "borderline")
+    plan = contrastive_instructions(default, 0, helpful, openings=True, balance_principle="less-evasive")
+    assert plan.principle_id == "less-evasive" and plan.harmless == plan.harmful
+    assert plan.harmless_opening == "" and plan.harmful_opening in {p.revision_opening for p in default.critiques if p.revision_opening}
+
+
+@pytest.mark.slow
+def test_contrastive_openings_end_to_end_the_declining_side_wins_only_on_red_team_prompts(tmp_path, tiny_model_dir):
+    root = tmp_path / "run"
+    args = [
+        f"output_dir={root}",
+        f"model={tiny_model_dir}",
+        f"prompts.red_team={DATA / 'red_team.jsonl'}",
+        f"prompts.helpful={DATA / 'helpful.jsonl'}",
+        "prompts.max_red_team=2",
+        "prompts.max_helpful=2",
+        "generation.max_new_tokens=4",
+        "stages=[sample,label]",
+        "feedback.method=contrastive",
+        "feedback.contrastive_openings=true",
+        "feedback.contrastive_p=0.8",
+        "feedback.gold=null",
+    ]
+    result = launch("rl.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    default = load_constitution(ROOT / "constitutions" / "default.yaml")
+    openings = tuple(p.revision_opening for p in default.critiques if p.revision_opening)
+    records = {json.loads(line)["id"]: json.loads(line) for path in sorted((root / "pairs").glob("shard-*.jsonl")) for line in path.read_text().splitlines()}
+    assert sorted(r["kind"] for r in records.values()) == ["helpful", "helpful", "red_team", "red_team"]
+    for record in records.values():
+        declining = 0 if record["kind"] == "red_team" else 1
+        assert record["responses"][declining].startswith(openings) and not record["responses"][1 - declining].startswith(openings)
+        assert record["construction"]["openings"][declining] and not record["construction"]["openings"][1 - declining]
+    for row in read_preferences(root):
+        record = records[row["id"].split(":")[0]]
+        chosen = row["chosen"][0]["content"]
+        assert row["p_chosen"] == 0.8
+        assert chosen.startswith(openings) == (record["kind"] == "red_team")
+    assert "decline openings written" in result.stdout
+
+
+def test_contrastive_openings_need_the_contrastive_method(tmp_path, tiny_model_dir):
+    from helpers import assert_one_line, run_script
+
+    args = [f"output_dir={tmp_path / 'run'}", f"model={tiny_model_dir}", "stages=sample", "feedback.method=likelihood_ratio", "feedback.contrastive_openings=true"]
+    assert_one_line(run_script("rl.py", *args), "feedback.contrastive_openings", "set feedback.method=contrastive")
+    assert not (tmp_path / "run").exists()
+
+
 def test_contrastive_needs_two_responses(tmp_path, tiny_model_dir):
     from helpers import assert_one_line, run_script
 
@@ -462,6 +524,10 @@ def test_eval_judge_reuses_the_labelers_gold_audit_when_it_is_the_same_labeler(t
     labeler = {"accuracy": 0.75, "ci95": [0.3, 0.95], "count": 4, "audit_key": audit_key(read_gold(gold), "the-labeler", config.feedback, constitution, config.seed), "per_kind": {}, "calibration": {"ece": 0.1}}
     store.mark_stage("label", "done", gold=labeler)
     assert judge_gold_audit(Feedback(), constitution, config, store, tag="t")["accuracy"] == 0.75
+    # contrastive labels come from construction, but the label stage audits the judge that eval uses
+    contrastive = RLRunConfig(output_dir=str(tmp_path / "run"), feedback=FeedbackConfig(gold=str(gold), method="contrastive"))
+    store.mark_stage("label", "done", gold=dict(labeler, audit_key=audit_key(read_gold(gold), "the-labeler", contrastive.feedback, constitution, contrastive.seed)))
+    assert judge_gold_audit(Feedback(), constitution, contrastive, store, tag="t")["accuracy"] == 0.75
     other = RLRunConfig(output_dir=str(tmp_path / "run"), feedback=FeedbackConfig(gold=str(gold), method="pointwise"))
     with pytest.raises(AssertionError, match="the judge was run"):
         judge_gold_audit(Feedback(), constitution, other, store, tag="t")

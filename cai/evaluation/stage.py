@@ -372,7 +372,7 @@ def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunCo
     key = audit_key(pairs, feedback.reference, config.feedback, constitution, config.seed)
     path = store.root / layout.EVAL_JUDGE_GOLD
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    labeler = (store.stage_info("label").get("gold") or {}) if config.feedback.method != "contrastive" else {}
+    labeler = store.stage_info("label").get("gold") or {}  # contrastive too: its label audit is of this same judge
     if saved.get("fingerprint") == key:
         metrics = saved["metrics"]
     elif labeler.get("audit_key") == key:  # the judge is this run's labeler with the same settings: its audit stands

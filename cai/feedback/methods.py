@@ -55,7 +55,9 @@ def check_method(settings: FeedbackConfig, constitution: Constitution | None = N
     """Settings a method needs; the Literal itself is checked when the config loads."""
     if settings.method not in METHODS:
         raise CaiError(f"feedback.method: unknown choice {settings.method!r}; valid choices: {', '.join(METHODS)}")
-    if constitution is not None and settings.method == "likelihood_ratio" and settings.balance_principle:
+    if constitution is not None and settings.contrastive_openings and not any(p.revision_opening for p in constitution.critiques):
+        raise CaiError(f"feedback.contrastive_openings: {constitution.path or constitution.name} has no critique principle with a revision_opening to start a decline with; add some or set contrastive_openings=false")
+    if constitution is not None and (settings.method == "likelihood_ratio" or settings.contrastive_openings) and settings.balance_principle:
         if settings.balance_principle not in {p.id for p in constitution.preferences}:
             raise CaiError(f"feedback.balance_principle: {settings.balance_principle!r} is not a preference principle of {constitution.path or constitution.name}; choose one of its ids or set it to null")
 
@@ -232,15 +234,36 @@ def likelihood_ratio_judge(model: Any, tokenizer: Any, comparisons: Sequence[Com
 
 @dataclass(frozen=True)
 class ContrastiveInstructions:
+    """System turns (and written first words) of the preferred ("harmless") and the worse side of one pair."""
+
     principle_id: str
     harmless: str
     harmful: str
+    harmless_opening: str = ""
+    harmful_opening: str = ""
 
 
-def contrastive_instructions(constitution: Constitution, seed: int, prompt_id: str) -> ContrastiveInstructions:
-    """The harmless system turn and its opposite for one prompt, from one drawn preference principle."""
-    principle = random.Random(f"{seed}:contrastive:{prompt_id}").choice(list(constitution.preferences))
-    return ContrastiveInstructions(principle.id, HARMLESS_SYSTEM.format(question=principle.question), HARMFUL_SYSTEM.format(question=principle.question))
+def contrastive_instructions(constitution: Constitution, seed: int, prompt: Any, *, openings: bool = False, balance_principle: str | None = None) -> ContrastiveInstructions:
+    """The harmless system turn and its opposite for one prompt, from one drawn preference principle.
+
+    With `openings` (models that never decline when told to): a red-team prompt's harmless side
+    starts with the decline opening of a critique principle that fits its category, the other
+    side is told to comply; a helpful prompt's two sides get the same harmless instruction under
+    the balance principle, and the worse one starts declining, so needless refusals lose.
+    """
+    rng = random.Random(f"{seed}:contrastive:{prompt.id}")
+    principle = rng.choice(list(constitution.preferences))
+    if not openings:
+        return ContrastiveInstructions(principle.id, HARMLESS_SYSTEM.format(question=principle.question), HARMFUL_SYSTEM.format(question=principle.question))
+    with_opening = [p for p in constitution.critiques if p.revision_opening]
+    fitting = [p for p in constitution.critiques_for(prompt.category) if p.revision_opening] if prompt.category else []
+    opening = rng.choice(fitting or with_opening).revision_opening
+    if prompt.kind == "red_team":
+        return ContrastiveInstructions(principle.id, HARMLESS_SYSTEM.format(question=principle.question), HARMFUL_SYSTEM.format(question=principle.question), harmless_opening=opening)
+    if balance_principle:
+        principle = next(p for p in constitution.preferences if p.id == balance_principle)
+    system = HARMLESS_SYSTEM.format(question=principle.question)
+    return ContrastiveInstructions(principle.id, system, system, harmful_opening=opening)
 
 
 def contrastive_probability(constructed_first: bool, judge_p_first: float | None, settings: FeedbackConfig) -> float:

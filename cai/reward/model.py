@@ -297,7 +297,10 @@ def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: A
 
 
 def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 8) -> list[float]:
-    """Reward of each id list by a plain forward pass, right padded: the score at the last real token."""
+    """Reward of each id list by a plain forward pass, right padded: the score at the last real token.
+
+    Batched in order of length (results in input order), so a batch pads to similar lengths.
+    """
     import torch
 
     if getattr(model.config, "pad_token_id", None) != pad_token_id:
@@ -305,18 +308,20 @@ def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: in
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    scores: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(id_lists), batch_size):
-            batch = id_lists[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
+    scores = [0.0] * len(id_lists)
+    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(id_lists[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-                mask[row, : len(ids)] = 1
+            for row, i in enumerate(batch):
+                input_ids[row, : len(id_lists[i])] = torch.tensor(list(id_lists[i]), dtype=torch.long)
+                mask[row, : len(id_lists[i])] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            scores.extend(logits[:, 0].float().cpu().tolist())
+            for i, value in zip(batch, logits[:, 0].float().cpu().tolist()):
+                scores[i] = value
     model.train(was_training)
     return scores
 
