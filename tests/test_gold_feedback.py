@@ -278,9 +278,9 @@ def test_contrastive_labels_follow_their_construction_and_gold_audit_is_reported
         assert r["p_chosen"] == (pytest.approx(judge_p, abs=1e-6) if judge_p > 0.5 else 0.75)
     info = json.loads((root / "manifest.json").read_text())["stages"]["label"]
     assert info["method"] == "contrastive" and info["position_bias"] is None
-    assert info["gold"]["count"] == 6 and "contrastive_judge" in info["gold"]["note"]
+    assert info["gold"]["count"] == 6 and "contrastive_judge" in info["gold"]["note"] and info["gold"]["method"] == "pointwise"  # the judge audited
     assert len((root / "label_gold.jsonl").read_text().splitlines()) == 6
-    assert "gold accuracy" in result.stdout and "order-free" in result.stdout
+    assert "labels by construction" in result.stdout and "their judge (pointwise, for eval comparisons) gold accuracy" in result.stdout and "order-free" in result.stdout
 
 
 @pytest.mark.slow
@@ -462,6 +462,12 @@ def test_report_states_gold_accuracy_and_says_when_it_is_at_chance(tmp_path):
     assert "Judge accuracy on the gold set: 50% [40%, 60%]" in chance_lines and "Do not read the Elo below" in chance_lines
     assert "Do not read" not in judge_gold_lines({"judge_gold": good})[0]
     assert "nothing says whether this Elo means anything" in judge_gold_lines({})[0]
+    # contrastive labels come from construction: the audited row is the eval judge, said so
+    manifest["stages"]["label"].update(method="contrastive", gold={**at_chance, "method": "likelihood_ratio", "gold_set": "examples/gold_preferences.jsonl"})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(tmp_path).path.read_text()
+    assert "| eval judge (likelihood_ratio) | 100 |" in text and "labeler (" not in text
+    assert "The labels come from construction" in text and "**The eval judge is at chance on the gold set**" in text
 
 
 # ------------------------------------------------------------------ RL's before/after reward is on held-out prompts

@@ -49,10 +49,11 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
     kinds = sorted(set((label_gold or {}).get("per_kind", {})) | set((reward_gold or {}).get("per_kind", {})))
     header = ["", "n", "overall", "harmful requests", "benign requests", *kinds, "ECE"]
     rows = []
+    constructed = label.get("method") == "contrastive"  # labels by construction; the audit is of the judge of eval comparisons
     if label_gold:
         rows.append(
             [
-                f"labeler ({label.get('method', 'multiple_choice')})",
+                f"eval judge ({label_gold.get('method')})" if constructed else f"labeler ({label.get('method', 'multiple_choice')})",
                 label_gold["count"],
                 _acc(label_gold),
                 *(_acc(label_gold.get(k)) for k, _ in HALVES),
@@ -76,7 +77,10 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
     if label_gold:
         bias = label_gold.get("position_bias")
         order = f"the first-shown response won {bias['first_preferred_share']:.0%} of raw votes" if bias else "the method is order-free (no position bias possible)"
-        lines += [verdict(label_gold, "labeler") + f" Position: {order}.", ""]
+        if constructed:
+            lines += ["The labels come from construction (`feedback.method: contrastive`), which gold pairs lack; the row above is the judge of pairs without one (the eval comparisons). " + verdict(label_gold, "eval judge") + f" Position: {order}.", ""]
+        else:
+            lines += [verdict(label_gold, "labeler") + f" Position: {order}.", ""]
     if reward_gold:
         r = reward_gold.get("length_correlation")
         longer = reward_gold.get("prefers_longer_share")

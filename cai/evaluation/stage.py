@@ -367,6 +367,7 @@ def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunCo
     model; when the judge is this run's labeler with the same settings, the label stage's audit is reused.
     """
     from cai.feedback.gold import audit_key, audit_labeler, describe, gold_sample, read_gold
+    from cai.feedback.methods import judging_method
 
     pairs = gold_sample(read_gold(config.feedback.gold, setting="feedback.gold"), config.feedback.gold_pairs, config.seed)
     key = audit_key(pairs, feedback.reference, config.feedback, constitution, config.seed)
@@ -379,13 +380,13 @@ def judge_gold_audit(feedback: FeedbackModel, constitution: Any, config: RLRunCo
         metrics = dict(labeler)
     else:
         judge = feedback.pair_judge(constitution, config.feedback, config.generation, config.seed)
-        metrics, _ = audit_labeler(judge, pairs, method=config.feedback.method)
+        metrics, _ = audit_labeler(judge, pairs, method=judging_method(config.feedback))
         metrics["gold_set"] = config.feedback.gold
         if feedback.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"fingerprint": key, "metrics": metrics}, indent=1) + "\n")
     if feedback.accelerator.is_main_process:
-        print(f"[{tag}] eval: {describe(metrics, who='judge')}")
+        print(f"[{tag}] eval: {describe(metrics, who='judge', subject='its verdicts')}")
     return metrics
 
 

@@ -150,7 +150,7 @@ def audit_labeler(label: Any, pairs: Sequence[GoldPair], *, method: str) -> tupl
     return metrics, records
 
 
-def describe(metrics: dict[str, Any], *, who: str = "feedback") -> str:
+def describe(metrics: dict[str, Any], *, who: str = "feedback", subject: str = "these labels") -> str:
     """One line for the stage output: accuracy with its interval, the halves, bias and calibration, and a verdict."""
     lo, hi = metrics["ci95"]
     parts = [f"{who} gold accuracy {metrics['accuracy']:.0%} [95% CI {lo:.0%}-{hi:.0%}] on {metrics['count']} pairs"]
@@ -162,7 +162,7 @@ def describe(metrics: dict[str, Any], *, who: str = "feedback") -> str:
     parts.append(f"ECE {metrics['calibration']['ece']:.3f}")
     text = ", ".join([parts[0] + (" " + parts[1] if halves else "")] + parts[(2 if halves else 1) :])
     if metrics.get("at_chance"):
-        text += " -- AT CHANCE: the interval includes 50%, these labels carry no measurable signal"
+        text += f" -- AT CHANCE: the interval includes 50%, {subject} carry no measurable signal"
     return text
 
 
@@ -198,7 +198,7 @@ def audit_command(argv: Sequence[str]) -> int:
 
     from cai import models
     from cai.feedback.judge import check_settings
-    from cai.feedback.methods import check_method, label_comparisons
+    from cai.feedback.methods import check_method, judging_method, label_comparisons
 
     check_settings(settings)
     check_method(settings, constitution)
@@ -207,7 +207,7 @@ def audit_command(argv: Sequence[str]) -> int:
     tokenizer = models.load_tokenizer(ref, padding_side="left")
     model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)
     models.sync_pad_token(model, tokenizer)
-    metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=settings.method)
+    metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=judging_method(settings))
     metrics.update(gold_set=settings.gold, feedback_model=reference, principles_per_comparison=settings.principles_per_comparison)
     if accelerator.is_main_process:
         print(f"[audit] {settings.method} with {reference}: {describe(metrics)}")

@@ -139,7 +139,11 @@ def run_label(config: RLRunConfig, store: RunStore, accelerator: Any, constituti
     if gold:
         from cai.feedback.gold import describe
 
-        print(f"[rl] label: {describe(gold)} ({settings.gold}; per pair: {store.root / LABEL_GOLD})")
+        if settings.method == "contrastive":  # the labels come from construction; the audit is of the judge of everything else
+            judge = f"their judge ({gold['method']}, for eval comparisons)"
+            print(f"[rl] label: labels by construction (gold pairs have none); {describe(gold, who=judge, subject='its verdicts')} ({settings.gold}; per pair: {store.root / LABEL_GOLD})")
+        else:
+            print(f"[rl] label: {describe(gold)} ({settings.gold}; per pair: {store.root / LABEL_GOLD})")
     else:
         print("[rl] label: no gold audit (feedback.gold=null): nothing says whether these labels are right")
 
@@ -166,12 +170,13 @@ def audit_gold(model: Any, tokenizer: Any, constitution: Constitution, config: R
     import json
 
     from cai.feedback.gold import audit_key, audit_labeler, gold_sample, read_gold
+    from cai.feedback.methods import judging_method
     from cai.layout import LABEL_GOLD
     from cai.run_store import atomic_write_text
 
     settings = config.feedback
     pairs = gold_sample(read_gold(settings.gold), settings.gold_pairs, config.seed)
-    metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=settings.method)
+    metrics, records = audit_labeler(lambda c: label_comparisons(model, tokenizer, c, constitution, settings, accelerator, seed=config.seed, generation=config.generation), pairs, method=judging_method(settings))
     metrics["gold_set"] = settings.gold
     metrics["audit_key"] = audit_key(pairs, reference, settings, constitution, config.seed)  # lets the eval judge reuse this audit
     if settings.method == "contrastive":

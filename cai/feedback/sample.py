@@ -39,9 +39,11 @@ def run_sample(config: RLRunConfig, store: RunStore, accelerator: Any, constitut
     if contrastive and constitution is None:
         raise ValueError("run_sample: feedback.method=contrastive needs the constitution")
     if contrastive:
-        from cai.feedback.methods import check_method
+        from cai.feedback.methods import check_method, check_openings
 
         check_method(config.feedback, constitution)  # before the model loads
+        if config.feedback.contrastive_openings:
+            check_openings(config.feedback, constitution)
     prompts = select_prompts(config.prompts, config.seed)
     openings = contrastive and config.feedback.contrastive_openings
     construction = f"-contrastive-{constitution.content_hash}" + (f"-openings-{config.feedback.balance_principle}" if openings else "") if contrastive else ""
