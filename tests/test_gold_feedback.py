@@ -259,6 +259,15 @@ def read_preferences(output: Path) -> list[dict]:
     return rows
 
 
+def read_pairs(output: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted((output / "pairs").glob("shard-*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def sample_args(root: Path, model: Path, *extra: str) -> list[str]:
+    """A sample-stage launch on the test prompts with 4-token responses, contrastive."""
+    return [f"output_dir={root}", f"model={model}", f"prompts.red_team={DATA / 'red_team.jsonl'}", "generation.max_new_tokens=4", "feedback.method=contrastive", *extra]
+
+
 def label_args(root: Path, model: Path, *extra: str) -> list[str]:
     return [f"output_dir={root}", f"model={model}", f"constitution={DATA / 'constitution.yaml'}", "stages=label", "feedback.batch_size=8", *extra]
 
@@ -312,19 +321,9 @@ def test_label_stage_reports_gold_accuracy_in_manifest_and_output(tmp_path, tiny
 @pytest.mark.slow
 def test_sample_stage_contrastive_records_construction(tmp_path, tiny_model_dir):
     root = tmp_path / "run"
-    args = [
-        f"output_dir={root}",
-        f"model={tiny_model_dir}",
-        f"constitution={DATA / 'constitution.yaml'}",
-        f"prompts.red_team={DATA / 'red_team.jsonl'}",
-        "prompts.max_red_team=3",
-        "generation.max_new_tokens=4",
-        "stages=sample",
-        "feedback.method=contrastive",
-    ]
-    result = launch("rl.py", *args)
+    result = launch("rl.py", *sample_args(root, tiny_model_dir, f"constitution={DATA / 'constitution.yaml'}", "prompts.max_red_team=3", "stages=sample"))
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for path in sorted((root / "pairs").glob("shard-*.jsonl")) for line in path.read_text().splitlines()]
+    records = read_pairs(root)
     assert len(records) == 3
     for record in records:
         assert len(record["responses"]) == 2 and record["construction"]["harmless"] == 0
@@ -353,25 +352,12 @@ def test_contrastive_openings_start_a_decline_on_red_team_prompts_and_a_needless
 @pytest.mark.slow
 def test_contrastive_openings_end_to_end_the_declining_side_wins_only_on_red_team_prompts(tmp_path, tiny_model_dir):
     root = tmp_path / "run"
-    args = [
-        f"output_dir={root}",
-        f"model={tiny_model_dir}",
-        f"prompts.red_team={DATA / 'red_team.jsonl'}",
-        f"prompts.helpful={DATA / 'helpful.jsonl'}",
-        "prompts.max_red_team=2",
-        "prompts.max_helpful=2",
-        "generation.max_new_tokens=4",
-        "stages=[sample,label]",
-        "feedback.method=contrastive",
-        "feedback.contrastive_openings=true",
-        "feedback.contrastive_p=0.8",
-        "feedback.gold=null",
-    ]
-    result = launch("rl.py", *args)
+    extra = [f"prompts.helpful={DATA / 'helpful.jsonl'}", "prompts.max_red_team=2", "prompts.max_helpful=2", "stages=[sample,label]"]
+    result = launch("rl.py", *sample_args(root, tiny_model_dir, *extra, "feedback.contrastive_openings=true", "feedback.contrastive_p=0.8", "feedback.gold=null"))
     assert result.returncode == 0, result.stderr[-3000:]
     default = load_constitution(ROOT / "constitutions" / "default.yaml")
     openings = tuple(p.revision_opening for p in default.critiques if p.revision_opening)
-    records = {json.loads(line)["id"]: json.loads(line) for path in sorted((root / "pairs").glob("shard-*.jsonl")) for line in path.read_text().splitlines()}
+    records = {record["id"]: record for record in read_pairs(root)}
     assert sorted(r["kind"] for r in records.values()) == ["helpful", "helpful", "red_team", "red_team"]
     for record in records.values():
         declining = 0 if record["kind"] == "red_team" else 1
