@@ -87,6 +87,26 @@ def jsonl_log_callback(path: Path, *, stage: str) -> Any:
     return JsonlLog()
 
 
+def no_final_checkpoint_callback() -> Any:
+    """A TrainerCallback that drops the checkpoint transformers writes at the last step.
+
+    Every stage saves its trained model right after training; that last checkpoint (weights and
+    optimizer state: ~1.5 GB and ~10 s for the embedded model) would only serve a resume of a
+    training that has already ended. Checkpoints every `save_steps` before it stay.
+    """
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_save = False
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
 def _finite(value: Any) -> Any:
     """NaN/inf become null so every line stays valid JSON (trl logs NaN variances on tiny batches)."""
     import math

@@ -296,7 +296,8 @@ def test_ppo_end_to_end(tiny_model_dir, reward_model_dir, tmp_path):
     assert entry["status"] == "done" and entry["algorithm"] == "ppo" and entry["steps"] == 2
     assert isinstance(entry["reward_before"], float) and isinstance(entry["reward_after"], float)
     assert {"objective/kl", "objective/scores", "loss/value_avg"} <= set(entry["metrics"])
-    assert sorted(p.name for p in (run / "checkpoints" / "policy").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # save_steps=1 of 2 steps: no checkpoint at the last step, the rl_model is saved instead
+    assert sorted(p.name for p in (run / "checkpoints" / "policy").glob("checkpoint-*")) == ["checkpoint-1"]
 
 
 @pytest.mark.needs_ppo

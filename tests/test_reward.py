@@ -486,6 +486,7 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     assert manifest["models"]["reward_model"] == str(run / "reward_model")
     logs = [json.loads(line) for line in (run / "logs" / "reward.jsonl").read_text().splitlines()]
     assert any("loss" in entry for entry in logs)
+    assert not list((run / "checkpoints" / "reward").glob("checkpoint-*"))  # 3 steps, save_steps 200: none before the end, none at it
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -24,6 +24,7 @@ def tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
         "sl.chunk_size=4",
         "sl.few_shot=1",
         "sft.max_steps=3",
+        "sft.save_steps=2",
         "sft.per_device_train_batch_size=4",
         "sft.learning_rate=0.001",
         # a random tiny model writes word salad: loosen the gates so some of it passes and some does not
@@ -74,6 +75,8 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     summary = next(line for line in result.stdout.splitlines() if line.startswith("[sl] stage times: "))
     assert "generate " in summary and "sft " in summary and "(total " in summary
     assert (output / "config.yaml").is_file() and (output / "logs" / "sft.jsonl").is_file()
+    # sft.save_steps=2 of 3 steps: the checkpoint at step 2 stays, none at the last step (the model is saved instead)
+    assert sorted(p.name for p in (output / "checkpoints" / "sft").glob("checkpoint-*")) == ["checkpoint-2"]
 
     import datasets
     import torch

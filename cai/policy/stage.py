@@ -38,6 +38,7 @@ from cai.training import (
     fresh_staging,
     jsonl_log_callback,
     last_checkpoint,
+    no_final_checkpoint_callback,
     replace_directory,
 )
 
@@ -125,7 +126,7 @@ def run_policy(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         queries=queries,
         pairs=pairs,
         checkpoints=checkpoints,
-        callbacks=[jsonl_log_callback(layout.existing(store.root, layout.log(STAGE), STAGE), stage=STAGE)],
+        callbacks=[jsonl_log_callback(layout.existing(store.root, layout.log(STAGE), STAGE), stage=STAGE), no_final_checkpoint_callback()],
     )
     if run.resume and accelerator.is_main_process:
         print(f"[rl] policy: resuming from {run.resume}{run.resume_detail}")

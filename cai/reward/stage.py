@@ -39,7 +39,7 @@ from cai.reward.model import (
     tokenize_comparisons,
 )
 from cai.run_store import RunStore
-from cai.training import jsonl_log_callback, last_checkpoint, trainer_config
+from cai.training import jsonl_log_callback, last_checkpoint, no_final_checkpoint_callback, trainer_config
 
 
 def fingerprint(train: Sequence[PreferencePair], held_out: Sequence[PreferencePair], soft_labels: bool, weights: Sequence[float] | None = None) -> str:
@@ -120,7 +120,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         soft_labels=settings.soft_labels,
         weighted=weighted,
         peft_config=models.lora_config(config.lora, task_type="SEQ_CLS") if config.lora.enabled else None,
-        callbacks=[jsonl_log_callback(store.root / layout.log("reward"), stage="reward")],
+        callbacks=[jsonl_log_callback(store.root / layout.log("reward"), stage="reward"), no_final_checkpoint_callback()],
     )
     if resume and accelerator.is_main_process:
         print(f"[rl] reward: resuming from {resume}")

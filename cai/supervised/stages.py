@@ -20,6 +20,7 @@ from cai.supervised.data_card import data_card, gate_statistics, summary_lines
 from cai.training import (
     jsonl_log_callback,
     last_checkpoint,
+    no_final_checkpoint_callback,
     save_trained,
     trainer_config,
 )
@@ -146,7 +147,7 @@ def run_sft(config: SLRunConfig, store: RunStore, accelerator: Any) -> None:
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora) if config.lora.enabled else None,
-        callbacks=[jsonl_log_callback(store.root / layout.log("sft"), stage="sft")],
+        callbacks=[jsonl_log_callback(store.root / layout.log("sft"), stage="sft"), no_final_checkpoint_callback()],
     )
     check_completion_masks(trainer.train_dataset, section="sft")
     resume = last_checkpoint(checkpoints)
