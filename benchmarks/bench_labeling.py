@@ -12,9 +12,7 @@ warm-up:
 - multiple_choice: the paper's judge, P("(A)") vs P("(B)") at the next token, one forward
   pass per prompt;
 - likelihood_ratio: the demo's method, mean log p(response | principle) - log p(response),
-  3 scored contexts per response with the balance principle; each context is run once and
-  its KV cache shared by the responses scored under it (`cai.likelihood`), and once more
-  with every sequence run in full (`share_prefixes=False`), to show what sharing buys;
+  3 scored contexts per response with the balance principle;
 - judge-by-generation: the multiple-choice judge with the same prompts, except that the
   feedback model writes its verdict (greedy, up to `--verdict_tokens`, cai's batched engine)
   and "(A)"/"(B)" is parsed from it, as most LLM-judge code does; an unparseable verdict
@@ -26,16 +24,15 @@ warm-up:
   and MT-Bench-style judges ask for one), and the last letter written is the verdict.
 
 Agreement is the share of pairs where two labelers prefer the same response, among pairs
-neither ties. Prefix sharing: the tokens a prefix-sharing scorer would compute (each distinct
-token prefix once, within a comparison and across all of them) are counted from the prompts
-actually scored; multiple_choice still runs every prompt in full.
+neither ties. Prefix sharing: cai scores every prompt in full (no KV-cache reuse between
+prompts); the tokens a prefix-sharing scorer would compute (each distinct token prefix once,
+within a comparison and across all of them) are counted from the prompts actually scored.
 The last line prints both labelers' speed against judge-by-generation (goal: >= 10x).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 import time
@@ -105,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import Accelerator
 
-    from cai import likelihood as likelihood_module
     from cai import models
     from cai.config import GenerationConfig, RLRunConfig, load_config
     from cai.constitution import load_constitution
@@ -156,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     labelers = {
         "multiple_choice": ("multiple_choice", {judge_module: {"option_scores_sharded": option_scores}}),
         "likelihood_ratio": ("likelihood_ratio", {methods_module: {"completion_logprobs_sharded": completion_logprobs}}),
-        "likelihood_ratio, no sharing": ("likelihood_ratio", {likelihood_module: {"completion_logprobs": functools.partial(likelihood_module.completion_logprobs, share_prefixes=False)}}),
         "judge-by-generation, batched": ("multiple_choice", {judge_module: {"option_scores_sharded": written_verdicts(args.batch_size)}}),
         "judge-by-generation, 1 at a time": ("multiple_choice", {judge_module: {"option_scores_sharded": written_verdicts(1)}}),
     }
@@ -194,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("multiple_choice", "likelihood_ratio"):
         print(f"agreement {name} vs judge-by-generation: {agreement(results[name][2], generated[2])}")
     print(f"agreement multiple_choice vs likelihood_ratio: {agreement(results['multiple_choice'][2], results['likelihood_ratio'][2])}")
-    unshared = results["likelihood_ratio, no sharing"]
-    print(f"likelihood_ratio with each context's KV cache shared by its responses: {unshared[0] / results['likelihood_ratio'][0]:.2f}x the speed of running every sequence in full; labels identical: {sides(unshared[2]) == sides(results['likelihood_ratio'][2])}")
-    print("prefix sharing, counted on the sequences scored (multiple_choice runs every prompt in full; likelihood_ratio shares within a comparison):")
+    print("prefix sharing: cai runs every scored prompt in full (use_cache=False, no KV reuse between prompts); a prefix-sharing scorer would compute")
     for name, sequences in scored.items():  # per comparison: 2 orders x principles, or 2 responses x (baseline + principles)
         sizes = [2 * len(r["principle_ids"]) + (2 if name == "likelihood_ratio" else 0) for r in results[name][2]]
         if sum(sizes) != len(sequences):

@@ -280,39 +280,13 @@ def test_completion_logprobs_score_a_repeated_context_and_completion_once(tiny_m
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
-    passes = []  # (rows, continues a cache)
-    model.register_forward_hook(lambda module, args, kwargs, output: passes.append((kwargs["input_ids"].shape[0], (kwargs.get("cache") or kwargs.get("past_key_values")) is not None)), with_kwargs=True)
+    rows_seen = []
+    model.register_forward_hook(lambda module, args, kwargs, output: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     a, b = [{"role": "user", "content": "Hello there"}], [{"role": "user", "content": "Hi"}]
     got = completion_logprobs(model, tokenizer, [a, b, a, a], ["One.", "Two.", "One.", "Three."], batch_size=8)
-    assert passes == [(2, False), (3, True)]  # contexts a and b once, then the 3 distinct completions: (a, One.) once
+    assert sum(rows_seen) == 3  # (a, One.) once
     assert got[0] == got[2] and got[0] != got[3]
-    passes.clear()
-    unshared = completion_logprobs(model, tokenizer, [a, b, a, a], ["One.", "Two.", "One.", "Three."], batch_size=8, share_prefixes=False)
-    assert passes == [(3, False)]
-    assert got == pytest.approx(unshared, abs=1e-5)
     assert got == pytest.approx(completion_logprobs(model, tokenizer, [a, b, a, a], ["One.", "Two.", "One.", "Three."], batch_size=1), abs=1e-5)
-
-
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 8])
-def test_shared_prefix_scores_equal_full_sequence_scores(tiny_model_dir, batch_size):
-    """Contexts of different lengths (left padded in a batch), groups of 1 to 4 completions of
-    different lengths (right padded), groups split across batches: every score as if run alone."""
-    from transformers import AutoModelForCausalLM
-
-    from cai import models
-    from cai.likelihood import completion_logprobs
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tokenizer = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
-    short = [{"role": "user", "content": "Hi"}]
-    long = [{"role": "system", "content": "Answer as the most careful and honest assistant would, in a few words."}, {"role": "user", "content": "How do I store bleach safely at home?"}]
-    middle = [{"role": "user", "content": "Name a colour."}]
-    contexts = [long, short, long, long, middle, short, long]
-    completions = ["Keep it capped, away from children and from ammonia.", "Hello!", "No.", "Cool, dry and high up, in its own bottle with the label on.", "Blue", "Hey, how can I help you today?", "I'd rather not say."]
-    alone = [completion_logprobs(model, tokenizer, [c], [t], share_prefixes=False)[0] for c, t in zip(contexts, completions)]
-    shared = completion_logprobs(model, tokenizer, contexts, completions, batch_size=batch_size)
-    assert shared == pytest.approx(alone, abs=1e-4)
-    assert len(set(shared)) == len(shared)
 
 
 def test_completion_logprobs_score_a_spelled_special_token_as_ordinary_tokens(tiny_model_dir):
