@@ -347,6 +347,13 @@ def test_contrastive_openings_start_a_decline_on_red_team_prompts_and_a_needless
     plan = contrastive_instructions(default, 0, helpful, openings=True, balance_principle="less-evasive")
     assert plan.principle_id == "less-evasive" and plan.harmless == plan.harmful
     assert plan.harmless_opening == "" and plan.harmful_opening in {p.revision_opening for p in default.critiques if p.revision_opening}
+    # the needless decline is always one the refusal detector reads as a decline, never a caveat such as legal-overreach's
+    from cai.evaluation.refusal import is_refusal
+
+    caveats = [p.revision_opening for p in default.critiques if p.revision_opening and not is_refusal(p.revision_opening)]
+    assert caveats  # the default constitution has some, so the draw below could hit them
+    drawn = {contrastive_instructions(default, 0, Prompt(f"h{i}", "Plan a picnic.", "helpful", None), openings=True, balance_principle="less-evasive").harmful_opening for i in range(60)}
+    assert len(drawn) > 5 and all(is_refusal(opening) for opening in drawn)
 
 
 @pytest.mark.slow
@@ -369,6 +376,18 @@ def test_contrastive_openings_end_to_end_the_declining_side_wins_only_on_red_tea
         assert row["p_chosen"] == 0.8
         assert chosen.startswith(openings) == (record["kind"] == "red_team")
     assert "decline openings written" in result.stdout
+
+
+def test_contrastive_openings_need_an_opening_that_reads_as_a_decline(tmp_path, tiny_model_dir):
+    import re
+
+    from helpers import assert_one_line, run_script
+
+    text = (ROOT / "constitutions" / "default.yaml").read_text()
+    caveats = tmp_path / "caveats.yaml"
+    caveats.write_text(re.sub(r'revision_opening: ".*"', 'revision_opening: "It depends on the details, but"', text))
+    args = [f"output_dir={tmp_path / 'run'}", f"model={tiny_model_dir}", f"constitution={caveats}", "stages=sample", "feedback.method=contrastive", "feedback.contrastive_openings=true"]
+    assert_one_line(run_script("rl.py", *args), "feedback.contrastive_openings", "reads as a decline")
 
 
 def test_contrastive_openings_need_the_contrastive_method(tmp_path, tiny_model_dir):

@@ -71,8 +71,8 @@ def check_balance_principle(settings: FeedbackConfig, constitution: Constitution
 
 def check_openings(settings: FeedbackConfig, constitution: Constitution) -> None:
     """What `feedback.contrastive_openings` needs from the constitution (checked by the sample stage, the one that writes them)."""
-    if not any(p.revision_opening for p in constitution.critiques):
-        raise CaiError(f"feedback.contrastive_openings: {constitution.path or constitution.name} has no critique principle with a revision_opening to start a decline with; add some or set contrastive_openings=false")
+    if not decline_openings(constitution):
+        raise CaiError(f"feedback.contrastive_openings: {constitution.path or constitution.name} has no critique principle whose revision_opening reads as a decline (e.g. \"I can't help with that, because\"); add one or set contrastive_openings=false")
     check_balance_principle(settings, constitution)
 
 
@@ -268,15 +268,24 @@ def contrastive_instructions(constitution: Constitution, seed: int, prompt: Any,
     principle = rng.choice(list(constitution.preferences))
     if not openings:
         return ContrastiveInstructions(principle.id, HARMLESS_SYSTEM.format(question=principle.question), HARMFUL_SYSTEM.format(question=principle.question))
-    with_opening = [p for p in constitution.critiques if p.revision_opening]
-    fitting = [p for p in constitution.critiques_for(prompt.category) if p.revision_opening] if prompt.category else []
-    opening = rng.choice(fitting or with_opening).revision_opening
     if prompt.kind == "red_team":
+        with_opening = [p for p in constitution.critiques if p.revision_opening]
+        fitting = [p for p in constitution.critiques_for(prompt.category) if p.revision_opening] if prompt.category else []
+        opening = rng.choice(fitting or with_opening).revision_opening
         return ContrastiveInstructions(principle.id, HARMLESS_SYSTEM.format(question=principle.question), HARMFUL_SYSTEM.format(question=principle.question), harmless_opening=opening)
+    # a needless decline must read as one: "I can't promise how a legal case will turn out, but" is a caveat, not a decline
+    opening = rng.choice(decline_openings(constitution))
     if balance_principle:
         principle = next(p for p in constitution.preferences if p.id == balance_principle)
     system = HARMLESS_SYSTEM.format(question=principle.question)
     return ContrastiveInstructions(principle.id, system, system, harmful_opening=opening)
+
+
+def decline_openings(constitution: Constitution) -> list[str]:
+    """The critique principles' revision openings that the refusal detector reads as a decline."""
+    from cai.evaluation.refusal import is_refusal
+
+    return [p.revision_opening for p in constitution.critiques if p.revision_opening and is_refusal(p.revision_opening)]
 
 
 def contrastive_probability(constructed_first: bool, judge_p_first: float | None, settings: FeedbackConfig) -> float:
