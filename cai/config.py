@@ -625,6 +625,7 @@ class RewardConfig:
     helpful_preferences: str | None = setting(None, "JSONL of human helpfulness comparisons to mix in")
     eval_fraction: float = setting(0.1, "share of comparisons held out to measure the reward model", ge=0, lt=1)
     length_balance: bool = setting(True, "weight pairs so chosen-longer and chosen-shorter pairs count equally (against rewarding length)")
+    length_correction: bool = setting(False, "after training, fit the reward's slope per response token on the training responses and subtract it from every score (PPO, eval, gold audit): the length term a small reward model learns in place of harm")
     sl_revisions: bool = setting(False, "also train on this output_dir's SL chains: each red-team prompt's accepted revision preferred to its original response (constitution-derived, no judging)")
     sl_revision_p: float = setting(0.9, "reward.sl_revisions: P(revision better) of those pairs", ge=0.5, le=1)
     training: TrainingConfig = setting(doc="reward-model training", factory=lambda: TrainingConfig(learning_rate=1e-5, max_length=1024))

@@ -215,6 +215,36 @@ def test_reward_view_records_exactly_what_trl_scored(tiny_model_dir, reward_mode
     assert view.responses == [] and view.raw_scores == []
 
 
+def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_dir, reward_model_dir):
+    """reward.length_correction in PPO: trl reads the score at each rollout's end; with a slope in the
+    reward model's config every response position t scores as a response of t tokens, so what trl
+    reads (and the monitors record) is the raw score less slope x the response's tokens."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.utils import get_reward
+
+    from cai import chat_format
+    from cai.policy.ppo import reward_view
+    from cai.reward.model import LENGTH_SLOPE
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    long, short = (chat_format.prompt_ids(tokenizer, p) for p in (PROMPT, "Hi"))
+    width = len(long)
+    queries = torch.tensor([long, [pad] * (width - len(short)) + short])
+    responses = torch.tensor([[11, 12, eos, pad, pad], [13, 14, 15, 16, eos]])
+    scored = {}
+    for slope in (0.0, 0.25):
+        setattr(reward.config, LENGTH_SLOPE, slope)
+        view = reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long, short], eos_token_id=eos)
+        with torch.no_grad():
+            _, scores, _ = get_reward(view, torch.cat([queries, responses], 1), pad, width)
+        assert view.raw_scores == pytest.approx(scores.tolist(), abs=1e-6)
+        scored[slope] = scores.tolist()
+    assert scored[0.25] == pytest.approx([scored[0.0][0] - 0.25 * 3, scored[0.0][1] - 0.25 * 5], abs=1e-5)
+
+
 # ---------------------------------------------------------------- step-0 invariants
 
 

@@ -118,6 +118,7 @@ def test_report_from_fabricated_run(tmp_path):
     for section in ("## Headline", "## Reward-model scores", "## Pairwise preferences and Elo", "## Refusals", "## Response length and diversity", "## Training curves", "## Example generations"):
         assert section in text, section
     assert "## Missing" not in text and report.missing == []
+    assert "Length-corrected" not in text  # the fabricated run's reward model has no length slope
     # headline row of rl: reward mean 0.8 + mean(0.05 * (i % 5)) over 14 responses, refusals 100% / 0%
     expected_rl = 0.8 + 0.05 * sum(i % 5 for i in range(14)) / 14
     assert f"| rl | {expected_rl:.3f} ±" in text
@@ -135,6 +136,14 @@ def test_report_from_fabricated_run(tmp_path):
         assert width >= 400 and height >= 300, (plot, width, height)
         assert plot.stat().st_size > 10_000, plot
         assert f"]({plot.name})" in text
+
+
+def test_report_says_when_the_reward_model_is_length_corrected():
+    from cai.evaluation.report import reward_section
+
+    metrics = {"order": ["sl"], "reward_model": "/run/reward_model", "reward": {"sl": {"all": {"count": 2, "mean": 0.1, "std": 0.0, "median": 0.1, "min": 0.1, "max": 0.1}}}}
+    assert "Length-corrected" not in "\n".join(reward_section(metrics))
+    assert "Length-corrected (`reward.length_correction`): +0.0140 per response token" in "\n".join(reward_section({**metrics, "reward_length_slope": 0.014}))
 
 
 def test_report_reads_the_policy_log_of_a_run_made_before_the_rename(tmp_path):

@@ -195,6 +195,52 @@ def test_length_balance_lowers_the_score_length_correlation(tiny_model_dir, tmp_
     assert abs(gaps["balanced"]) < 0.1 * gaps["plain"] and correlations["balanced"] < correlations["plain"], (correlations, gaps)
 
 
+def test_length_slope_by_hand():
+    from cai.reward.model import fit_length_slope
+
+    assert fit_length_slope([1.0, 2.0, 3.0], [10, 20, 30]) == pytest.approx(0.1)
+    assert fit_length_slope([0.0, 1.0, 0.0, 1.0], [1, 1, 3, 3]) == pytest.approx(0.0)
+    assert fit_length_slope([1.0, 2.0], [5, 5]) is None
+
+
+def test_length_correction_removes_the_length_a_reward_model_learned(tiny_model_dir, tmp_path):
+    """The planted set of the test above, trained without weights: the reward model learns "longer is
+    better". The correction, fitted on the training responses, is kept in the model's config and taken
+    off every score: on new prompts the 12-word and 3-word answers then score about alike, and a
+    corrected model refuses to score ids whose response length it is not told."""
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from cai.reward.model import LENGTH_SLOPE, pearson, score_ids, score_responses
+    from cai.reward.stage import correct_length
+
+    tokenizer = tiny_tokenizer(tiny_model_dir)
+    long, short = " ".join(["fine"] * 12), " ".join(["fine"] * 3)
+    items = [PreferencePair(f"c{i}", "Question?", *((long, short) if i % 8 else (short, long)), 1.0, "ai") for i in range(16)]
+    probe = [(f"Another question {i}?", text, n) for i in range(8) for text, n in ((short, 3), (long, 12))]
+    rows, _ = tokenize_comparisons(tokenizer, items, max_length=128, soft_labels=True)
+    trainer = build_reward_trainer(reward_model(tiny_model_dir, tokenizer), reward_args(tmp_path / "plain", max_steps=20, per_device_train_batch_size=16, learning_rate=1e-3), Dataset.from_list(rows), tokenizer, soft_labels=True)
+    trainer.train()
+    model = trainer.model
+    raw = score_responses(model, tokenizer, [p for p, _, _ in probe], [r for _, r, _ in probe])
+    raw_gap = float(np.mean(raw[1::2]) - np.mean(raw[0::2]))
+    assert raw_gap > 1.0 and pearson(raw, [n for _, _, n in probe]) > 0.9
+
+    info = correct_length(model, tokenizer, items, enabled=True, max_length=128, batch_size=8, accelerator=Accelerator(cpu=True))
+    assert info["enabled"] and info["slope_per_token"] > 0 and getattr(model.config, LENGTH_SLOPE) == info["slope_per_token"]
+    after = info["train_length_correlation_after"]  # two distinct responses: the corrected scores are constant (r undefined) or near it
+    assert info["train_length_correlation_before"] > 0.9 and (after is None or abs(after) < 0.05)
+    corrected = score_responses(model, tokenizer, [p for p, _, _ in probe], [r for _, r, _ in probe])
+    for before, after, (_, text, _) in zip(raw, corrected, probe):
+        length = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the end of turn
+        assert after == pytest.approx(before - info["slope_per_token"] * length, abs=1e-4)
+    assert abs(float(np.mean(corrected[1::2]) - np.mean(corrected[0::2]))) < 0.2 * raw_gap
+    with pytest.raises(ValueError, match="response_lengths"):
+        score_ids(model, [[1, 2, 3]], pad_token_id=tokenizer.pad_token_id)
+    assert correct_length(model, tokenizer, items, enabled=False, max_length=128, batch_size=8, accelerator=Accelerator(cpu=True)) == {"enabled": False}
+    assert getattr(model.config, LENGTH_SLOPE) == 0.0  # switched off, a refit model scores raw
+
+
 def test_orient_and_seeded_split_by_prompt():
     flipped = orient(PreferencePair("x", "q", "a", "b", 0.2, "ai"))
     assert (flipped.chosen, flipped.rejected, flipped.p_chosen) == ("b", "a", pytest.approx(0.8))
@@ -465,7 +511,7 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     RunStore(run).mark_stage("generate", "done")
     helpful = tmp_path / "reward_helpful.jsonl"
     helpful.write_text("".join(line for line in EXAMPLES.read_text().splitlines(keepends=True)[:8]))
-    result = launch("rl.py", *rl_args(run, f"reward.helpful_preferences={helpful}", "reward.eval_fraction=0.25", "reward.sl_revisions=true"))
+    result = launch("rl.py", *rl_args(run, f"reward.helpful_preferences={helpful}", "reward.eval_fraction=0.25", "reward.sl_revisions=true", "reward.length_correction=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[rl] reward: " in result.stdout and "held-out agreement with the labels" in result.stdout
     assert "(24 AI-labelled, 8 human helpfulness, 2 SL revision-over-response, before the held-out split)" in result.stdout
@@ -486,6 +532,10 @@ def test_reward_stage_end_to_end(tiny_model_dir, tmp_path):
     assert manifest["models"]["reward_model"] == str(run / "reward_model")
     logs = [json.loads(line) for line in (run / "logs" / "reward.jsonl").read_text().splitlines()]
     assert any("loss" in entry for entry in logs)
+    correction = info["length_correction"]  # fitted on the training responses, kept where every scorer reads it
+    assert correction["enabled"] and correction["train_responses"] == 2 * info["train"] and abs(correction["train_length_correlation_after"]) < 1e-6
+    assert json.loads((run / "reward_model" / "config.json").read_text())["cai_length_slope"] == pytest.approx(correction["slope_per_token"])
+    assert "[rl] reward: length correction " in result.stdout
     assert not list((run / "checkpoints" / "reward").glob("checkpoint-*"))  # 3 steps, save_steps 200: none before the end, none at it
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -97,6 +97,28 @@ def test_rendered_openrlhf_queries_tokenize_like_a_rollout(reward):
     assert whole[-1] == tokenizer.eos_token_id and whole[-2] != tokenizer.eos_token_id
 
 
+def test_a_length_corrected_reward_model_is_corrected_by_the_function_too(reward_dir, tmp_path):
+    """`reward.length_correction` keeps the slope in config.json: loaded for GRPO/RLOO or the service,
+    every score (plain, conversational, rendered text) is the raw score less slope x response tokens."""
+    import json
+    import shutil
+
+    from cai.chat_format import prompt_text, response_ids
+    from cai.reward.function import ConstitutionalReward
+
+    corrected_dir = tmp_path / "corrected"
+    shutil.copytree(reward_dir, corrected_dir)
+    config = json.loads((corrected_dir / "config.json").read_text())
+    (corrected_dir / "config.json").write_text(json.dumps({**config, "cai_length_slope": 0.5}))
+    raw = ConstitutionalReward.from_pretrained(str(reward_dir), device="cpu", max_length=256)
+    corrected = ConstitutionalReward.from_pretrained(str(corrected_dir), device="cpu", max_length=256)
+    lengths = [len(response_ids(raw.tokenizer, r)) for r in RESPONSES]
+    expected = [score - 0.5 * n for score, n in zip(raw.score(PROMPTS, RESPONSES), lengths)]
+    assert corrected.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
+    heads = [prompt_text(raw.tokenizer, p) for p in PROMPTS]
+    assert corrected.score_texts([h + r for h, r in zip(heads, RESPONSES)], heads) == pytest.approx(expected, abs=1e-5)
+
+
 # ---------------------------------------------------------------- the service, in process
 
 

@@ -329,10 +329,12 @@ def reward_section(metrics: dict[str, Any]) -> list[str]:
         entry = reward[name]
         s = entry["all"]
         rows.append([name, s["count"], fmt(s["mean"]), fmt(s["std"]), fmt(s["median"]), fmt(s["min"]), fmt(s["max"]), fmt((entry.get("red_team") or {}).get("mean")), fmt((entry.get("helpful") or {}).get("mean"))])
+    slope = metrics.get("reward_length_slope")
+    corrected = f" Length-corrected (`reward.length_correction`): {slope:+.4f} per response token is taken off every score." if slope else ""
     return [
         "## Reward-model scores",
         "",
-        f"Reward model: `{metrics.get('reward_model')}`. Each response is scored on the ids PPO scores (chat template + response + EOS), read at the last real token.",
+        f"Reward model: `{metrics.get('reward_model')}`. Each response is scored on the ids PPO scores (chat template + response + EOS), read at the last real token.{corrected}",
         "",
         table(["model", "n", "mean", "sd", "median", "min", "max", "red-team mean", "helpful mean"], rows),
         "",

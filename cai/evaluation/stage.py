@@ -301,7 +301,7 @@ def score_all(reference: str, order: Sequence[str], generations: dict[str, list[
     loaded: list[tuple[Any, Any]] = []
 
     def work(chunk: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        from cai.chat_format import scored_ids
+        from cai.chat_format import response_ids, scored_ids
         from cai.reward.model import check_padding, load_reward_base, reward_scores_sharded
 
         if not loaded:
@@ -312,7 +312,8 @@ def score_all(reference: str, order: Sequence[str], generations: dict[str, list[
             loaded.append((model.requires_grad_(False).eval().to(accelerator.device), tokenizer))
         model, tokenizer = loaded[0]
         ids = [scored_ids(tokenizer, r["prompt"], r["response"], max_length=max_length) for _, r in chunk]
-        scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
+        lengths = [len(response_ids(tokenizer, r["response"])) for _, r in chunk]
+        scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator, response_lengths=lengths)
         return [{"model": name, "id": r["id"], "kind": r["kind"], "reward": float(s)} for (name, r), s in zip(chunk, scores)]
 
     if accelerator.is_main_process:
@@ -544,6 +545,8 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
     if feedback is not None:
         feedback.release()
 
+    from cai.reward.model import saved_length_slope
+
     summary = summarise(order, generations, scores=scores, judgements=judgements, refusal_judgements=refusal_judged, labels=labels, rounds=settings.bootstrap_rounds, seed=config.seed)
     metrics = {
         "order": order,
@@ -555,6 +558,7 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
         },
         "decoding": {"temperature": 0.0, "max_new_tokens": settings.max_new_tokens},
         "reward_model": reward_ref,
+        "reward_length_slope": saved_length_slope(reward_ref) if reward_ref else None,
         "judge": {
             "model": feedback.reference if feedback else None,
             "pairwise": judge_wanted,

@@ -89,8 +89,11 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
 
     `shared_adapter` is the value model's LoRA backbone when reward and value share a base:
     the reward is then that backbone with the adapter disabled, and the frozen original head.
+    A length-corrected reward model (`reward.length_correction`) is corrected here as everywhere.
     """
     import torch
+
+    from cai.reward.model import LENGTH_SLOPE
 
     class RewardView(torch.nn.Module):
         base_model_prefix = "backbone"  # trl's get_reward calls getattr(model, base_model_prefix)
@@ -127,21 +130,29 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
             if self.pending is not None:
                 ids, mask = self.pending
                 self.pending = None
+                slope = float(getattr(config, LENGTH_SLOPE, 0.0) or 0.0)
+                if slope:
+                    logits = logits.clone()
                 for row in range(ids.shape[0]):
-                    self.record(ids[row].tolist(), mask[row].bool().tolist(), logits[row, :, 0])
+                    begin = self.record(ids[row].tolist(), mask[row].bool().tolist(), logits[row, :, 0], slope)
+                    if slope and begin is not None:  # reward.length_correction: each position scored as a response of that many tokens
+                        tokens = torch.arange(1, logits.shape[1] - begin + 1, device=logits.device, dtype=logits.dtype)
+                        logits[row, begin:, 0] -= slope * tokens
             return logits
 
-        def record(self, ids: list[int], mask: list[bool], row_logits: Any) -> None:
-            """Split one scored row as trl does: left pads, query, response up to the first pad, score at its end."""
+        def record(self, ids: list[int], mask: list[bool], row_logits: Any, slope: float = 0.0) -> int | None:
+            """Split one scored row as trl does: left pads, query, response up to the first pad, score at its end
+            (less the length correction); returns where the response begins (None: no known query)."""
             start = mask.index(True) if True in mask else len(mask)
             length = self.index.query_length(ids[start:])
             if length is None:
                 self.unmatched += 1
-                return
+                return None
             begin = start + length
             end = mask.index(False, begin) if False in mask[begin:] else len(mask)
             self.responses.append(ids[begin:end])
-            self.raw_scores.append(float(row_logits[end - 1]))
+            self.raw_scores.append(float(row_logits[end - 1]) - slope * (end - begin))
+            return begin
 
         def forward(self, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
             """Pooled score at the last attended token (right padding), for direct scoring."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cai import layout, models
-from cai.chat_format import prompt_ids, prompt_text, scored_ids
+from cai.chat_format import prompt_ids, prompt_text, response_ids, scored_ids
 from cai.config import RLRunConfig
 from cai.errors import CaiError
 from cai.fingerprint import files_stamp
@@ -284,7 +284,8 @@ def mean_reward(model: Any, tokenizer: Any, prompts: list[str], scorer: Any, con
     generator = TransformersGenerator(model, tokenizer, settings, seed=config.seed, show_progress=False)
     texts = generate_sharded(generator, [prompt_text(tokenizer, p) for p in prompts], accelerator, desc="reward eval")
     ids = [scored_ids(tokenizer, p, t, max_length=config.training.max_length) for p, t in zip(prompts, texts, strict=True)]
-    scores = reward_scores_sharded(scorer, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator)
+    lengths = [len(response_ids(tokenizer, t)) for t in texts]
+    scores = reward_scores_sharded(scorer, ids, pad_token_id=tokenizer.pad_token_id, batch_size=config.generation.batch_size, accelerator=accelerator, response_lengths=lengths)
     return sum(scores) / len(scores)
 
 

@@ -88,9 +88,18 @@ class ConstitutionalReward:
 
     def ids(self, prompt: Any, completion: Any) -> list[int]:
         """`chat_format.scored_ids` for any prompt shape: template + response + one EOS, prompt cut from the left to fit."""
-        return fit_ids(self.prompt_ids(prompt), response_ids(self.tokenizer, message_content(completion, what="a completion")), max_length=self.max_length)
+        return self.ids_and_response_length(prompt, completion)[0]
+
+    def ids_and_response_length(self, prompt: Any, completion: Any) -> tuple[list[int], int]:
+        """`ids`, and how many of them are the response's (what a length-corrected reward model needs)."""
+        response = response_ids(self.tokenizer, message_content(completion, what="a completion"))
+        ids = fit_ids(self.prompt_ids(prompt), response, max_length=self.max_length)
+        return ids, min(len(response), len(ids))
 
     def text_ids(self, query: str, prompt: str | None = None) -> list[int]:
+        return self.text_ids_and_response_length(query, prompt)[0]
+
+    def text_ids_and_response_length(self, query: str, prompt: str | None = None) -> tuple[list[int], int]:
         """Ids for a rendered text (OpenRLHF's remote reward protocol): `query` is template + response, `prompt` its templated head.
 
         Padding and EOS strings decoded with the sequence are removed; the response gets one EOS.
@@ -106,31 +115,34 @@ class ConstitutionalReward:
             prompt_part, response = "", query
         response = strip_special(response, tokenizer, head=False, tail=True)
         ids = tokenizer(prompt_part, add_special_tokens=False)["input_ids"] if prompt_part else []
-        return fit_ids(ids, response_ids(tokenizer, response), max_length=self.max_length)
+        tail = response_ids(tokenizer, response)
+        fitted = fit_ids(ids, tail, max_length=self.max_length)
+        return fitted, min(len(tail), len(fitted))
 
     # ------------------------------------------------------------ scoring
 
-    def score_ids(self, id_lists: Sequence[Sequence[int]]) -> list[float]:
+    def score_ids(self, id_lists: Sequence[Sequence[int]], response_lengths: Sequence[int] | None = None) -> list[float]:
+        """Reward of ready-made ids; a length-corrected reward model also needs each one's response length."""
         from cai.reward.model import score_ids
 
         if not id_lists:
             return []
         with self.lock:
-            return score_ids(self.model, id_lists, pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size)
+            return score_ids(self.model, id_lists, pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size, response_lengths=response_lengths)
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
         """Raw reward of each (prompt, completion), no penalty."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
         with self.lock:  # a fast tokenizer switches its shared backend per call (chat_format.plain_text_ids)
-            ids = [self.ids(p, c) for p, c in zip(prompts, completions)]
-        return self.score_ids(ids)
+            parts = [self.ids_and_response_length(p, c) for p, c in zip(prompts, completions)]
+        return self.score_ids([ids for ids, _ in parts], [length for _, length in parts])
 
     def score_texts(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         heads = list(prompts) if prompts else [None] * len(queries)
         with self.lock:
-            ids = [self.text_ids(q, p) for q, p in zip(queries, heads, strict=True)]
-        return self.score_ids(ids)
+            parts = [self.text_ids_and_response_length(q, p) for q, p in zip(queries, heads, strict=True)]
+        return self.score_ids([ids for ids, _ in parts], [length for _, length in parts])
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None, log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
         raw = self.score(prompts, completions)

@@ -18,6 +18,11 @@ each comparison counted as certain, p_chosen = 1). Departures, and why:
 - The reward model is scored on the gold preference set (`feedback.gold`) after training:
   accuracy per kind and per half with 95% intervals, and the score-length correlation on
   gold responses, whose lengths do not predict the gold answer.
+- `reward.length_correction` fits, after training, the score's slope per response token on the
+  training responses and keeps it in the model's config (`cai_length_slope`); every scorer (PPO's
+  `RewardView`, eval, the gold audit, `ConstitutionalReward`) subtracts slope x response tokens.
+  A small reward model trained on a few hundred pairs learns length more than harm, and
+  length-balance weights alone did not remove it (score-length r 0.8 on gold responses).
 - The reward model is always saved with LoRA merged: PPO loads it as a plain
   sequence-classification model (reward and value head), so an adapter cannot stand in.
 """
@@ -33,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cai import models
-from cai.chat_format import scored_ids
+from cai.chat_format import response_ids, scored_ids
 from cai.errors import CaiError
 from cai.feedback.preference_math import calibration
 from cai.training import (
@@ -296,12 +301,41 @@ def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: A
 # ---------------------------------------------------------------- scoring and held-out metrics
 
 
-def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 8) -> list[float]:
-    """Reward of each id list by a plain forward pass, right padded: the score at the last real token.
+LENGTH_SLOPE = "cai_length_slope"  # reward per response token, kept in the reward model's config.json
+
+
+def length_slope(model: Any) -> float:
+    """The per-response-token slope this reward model's scores are corrected by (0.0: none)."""
+    return float(getattr(model.config, LENGTH_SLOPE, 0.0) or 0.0)
+
+
+def saved_length_slope(reference: str) -> float:
+    """The length slope in a saved reward model's config.json (0.0: none, or not a local folder)."""
+    path = Path(reference) / "config.json"
+    if not path.is_file():
+        return 0.0
+    return float(json.loads(path.read_text()).get(LENGTH_SLOPE) or 0.0)
+
+
+def fit_length_slope(scores: Sequence[float], lengths: Sequence[int]) -> float | None:
+    """Least-squares slope of score on response length (None when every length is the same)."""
+    x, y = np.asarray(lengths, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if x.size < 2 or x.std() == 0:
+        return None
+    return float(np.mean((x - x.mean()) * (y - y.mean())) / x.var())
+
+
+def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int = 8, response_lengths: Sequence[int] | None = None) -> list[float]:
+    """Reward of each id list by a plain forward pass, right padded: the score at the last real token,
+    less the model's length slope (`reward.length_correction`) times each response's tokens.
 
     Batched in order of length (results in input order), so a batch pads to similar lengths.
     """
     import torch
+
+    slope = length_slope(model)
+    if slope and (response_lengths is None or len(response_lengths) != len(id_lists)):
+        raise ValueError("score_ids: this reward model is length-corrected; pass response_lengths (the response's tokens of each id list)")
 
     if getattr(model.config, "pad_token_id", None) != pad_token_id:
         raise ValueError(f"score_ids: model.config.pad_token_id is {model.config.pad_token_id}, expected {pad_token_id}")
@@ -321,7 +355,7 @@ def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: in
                 mask[row, : len(id_lists[i])] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             for i, value in zip(batch, logits[:, 0].float().cpu().tolist()):
-                scores[i] = value
+                scores[i] = value - slope * response_lengths[i] if slope else value
     model.train(was_training)
     return scores
 
@@ -329,15 +363,16 @@ def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: in
 def score_responses(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None, batch_size: int = 8) -> list[float]:
     """Reward of (prompt, response) pairs on exactly the ids PPO scores (for eval and reports)."""
     ids = [scored_ids(tokenizer, p, r, max_length=max_length) for p, r in zip(prompts, responses, strict=True)]
-    return score_ids(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
+    return score_ids(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, response_lengths=[len(response_ids(tokenizer, r)) for r in responses])
 
 
-def reward_scores_sharded(model: Any, id_lists: list[list[int]], *, pad_token_id: int, batch_size: int, accelerator: Any) -> list[float]:
+def reward_scores_sharded(model: Any, id_lists: list[list[int]], *, pad_token_id: int, batch_size: int, accelerator: Any, response_lengths: Sequence[int] | None = None) -> list[float]:
     """Score across processes (equal shares, so sharded models step together), gathered in input order."""
     from accelerate.utils import gather_object
 
     with accelerator.split_between_processes(list(range(len(id_lists))), apply_padding=True) as mine:
-        scores = score_ids(model, [id_lists[i] for i in mine], pad_token_id=pad_token_id, batch_size=batch_size)
+        lengths = [response_lengths[i] for i in mine] if response_lengths is not None else None
+        scores = score_ids(model, [id_lists[i] for i in mine], pad_token_id=pad_token_id, batch_size=batch_size, response_lengths=lengths)
         pairs = list(zip(mine, scores))
     by_index: dict[int, float] = {}
     for index, value in gather_object(pairs) if accelerator.num_processes > 1 else pairs:
@@ -408,15 +443,14 @@ def length_balance_weights(chosen_lengths: Sequence[int], rejected_lengths: Sequ
 
 def gold_reward_metrics(model: Any, tokenizer: Any, pairs: Sequence[Any], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any]:
     """The reward model on the gold set: accuracy (per kind, per half, 95% CI), calibration, score-length r on gold responses."""
-    from cai.chat_format import response_ids
     from cai.feedback.gold import gold_metrics
 
     ids = [scored_ids(tokenizer, p.prompt, text, max_length=max_length) for p in pairs for text in (p.chosen, p.rejected)]
-    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
+    lengths = [len(response_ids(tokenizer, text)) for p in pairs for text in (p.chosen, p.rejected)]
+    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator, response_lengths=lengths)
     chosen, rejected = np.asarray(scores[0::2]), np.asarray(scores[1::2])
     p_gold = (np.exp(-np.logaddexp(0.0, rejected - chosen))).tolist()
     metrics = gold_metrics(pairs, p_gold)
-    lengths = [len(response_ids(tokenizer, text)) for p in pairs for text in (p.chosen, p.rejected)]
     metrics.pop("position_bias", None)
     longer_wins = [(c > r) == (lc > lr) for c, r, lc, lr in zip(chosen, rejected, lengths[0::2], lengths[1::2]) if lc != lr]
     metrics["length_correlation"] = pearson(scores, lengths)

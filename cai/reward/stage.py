@@ -21,16 +21,19 @@ from cai.errors import CaiError
 from cai.fingerprint import fingerprint as content_fingerprint
 from cai.layout import PREFERENCES, REWARD_MODEL, policy_reference
 from cai.reward.model import (
+    LENGTH_SLOPE,
     PreferencePair,
     build_reward_trainer,
     check_padding,
     check_same_tokenizer,
     comparison_from_record,
+    fit_length_slope,
     gold_reward_metrics,
     held_out_metrics,
     length_balance_weights,
     load_reward_base,
     orient,
+    pearson,
     read_helpful_preferences,
     reward_scores_sharded,
     save_reward_model,
@@ -126,6 +129,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         print(f"[rl] reward: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
 
+    length_correction = correct_length(trainer.model, tokenizer, train, enabled=settings.length_correction, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
     metrics = evaluate_held_out(trainer.model, tokenizer, held_out, max_length=max_length, batch_size=settings.training.per_device_train_batch_size, accelerator=accelerator)
     gold = None
     if config.feedback.gold:
@@ -148,6 +152,7 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         held_out_metrics=metrics,
         gold=gold,
         length_balance=length_balance,
+        length_correction=length_correction,
     )
     store.update_manifest(lambda m: m.setdefault("models", {}).update({REWARD_MODEL: str(store.root / REWARD_MODEL)}))
     if accelerator.is_main_process:
@@ -160,10 +165,28 @@ def run_reward(config: RLRunConfig, store: RunStore, accelerator: Any) -> None:
         balance += ", length-balanced by weights" if weighted else (" (reward.length_balance=false)" if not settings.length_balance else "")
         sources = ", ".join(f"{counts[k]} {name}" for k, name in (("ai", "AI-labelled"), ("helpful", "human helpfulness"), ("sl_revision", "SL revision-over-response")) if counts[k])
         print(f"[rl] reward: {len(train)} comparisons ({sources}, before the held-out split), {result.global_step} steps, {loss}, {balance}; {quality} -> {store.root / REWARD_MODEL}")
+        if length_correction["enabled"]:
+            print(f"[rl] reward: length correction {length_correction['slope_per_token']:+.4f} per response token subtracted from every score (training responses' score-length r {_fmt(length_correction['train_length_correlation_before'])} -> {_fmt(length_correction['train_length_correlation_after'])})")
         if gold:
             from cai.feedback.gold import describe
 
             print(f"[rl] reward: {describe(gold, who='reward-model')}, score-length r on gold responses {_fmt(gold['length_correlation'])}, prefers the longer response in {_fmt(gold['prefers_longer_share'])} of gold pairs")
+
+
+def correct_length(model: Any, tokenizer: Any, train: Sequence[PreferencePair], *, enabled: bool, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any]:
+    """`reward.length_correction`: fit the trained model's score per response token on its training
+    responses (both sides of every pair) and keep it in the model's config, where every scorer reads
+    it. Fitted on training responses only, so the gold audit and eval measure it, not tune it."""
+    setattr(model.config, LENGTH_SLOPE, 0.0)  # a reward model started from a corrected one scores raw until refitted
+    if not enabled:
+        return {"enabled": False}
+    ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in train for text in (c.chosen, c.rejected)]
+    lengths = [len(response_ids(tokenizer, text)) for c in train for text in (c.chosen, c.rejected)]
+    raw = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator, response_lengths=lengths)
+    slope = fit_length_slope(raw, lengths) or 0.0
+    setattr(model.config, LENGTH_SLOPE, slope)
+    corrected = [score - slope * length for score, length in zip(raw, lengths)]
+    return {"enabled": True, "slope_per_token": slope, "train_responses": len(raw), "train_length_correlation_before": pearson(raw, lengths), "train_length_correlation_after": pearson(corrected, lengths)}
 
 
 def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[PreferencePair], *, max_length: int, batch_size: int, accelerator: Any) -> dict[str, Any] | None:
@@ -171,8 +194,8 @@ def evaluate_held_out(model: Any, tokenizer: Any, held_out: Sequence[PreferenceP
     if not held_out:
         return None
     ids = [scored_ids(tokenizer, c.prompt, text, max_length=max_length) for c in held_out for text in (c.chosen, c.rejected)]
-    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator)
     lengths = [len(response_ids(tokenizer, text)) for c in held_out for text in (c.chosen, c.rejected)]
+    scores = reward_scores_sharded(model, ids, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, accelerator=accelerator, response_lengths=lengths)
     metrics = held_out_metrics(scores[0::2], scores[1::2], [c.p_chosen for c in held_out], lengths[0::2], lengths[1::2])
     for source in sorted({c.source for c in held_out}):
         picks = [i for i, c in enumerate(held_out) if c.source == source and c.p_chosen > 0.5]
