@@ -93,7 +93,9 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
     """
     import torch
 
-    from cai.reward.model import LENGTH_SLOPE
+    from cai.reward.model import length_slope
+
+    slope = length_slope(config)  # reward.length_correction, fixed when the reward model was saved
 
     class RewardView(torch.nn.Module):
         base_model_prefix = "backbone"  # trl's get_reward calls getattr(model, base_model_prefix)
@@ -130,17 +132,16 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
             if self.pending is not None:
                 ids, mask = self.pending
                 self.pending = None
-                slope = float(getattr(config, LENGTH_SLOPE, 0.0) or 0.0)
                 if slope:
                     logits = logits.clone()
                 for row in range(ids.shape[0]):
-                    begin = self.record(ids[row].tolist(), mask[row].bool().tolist(), logits[row, :, 0], slope)
+                    begin = self.record(ids[row].tolist(), mask[row].bool().tolist(), logits[row, :, 0])
                     if slope and begin is not None:  # reward.length_correction: each position scored as a response of that many tokens
                         tokens = torch.arange(1, logits.shape[1] - begin + 1, device=logits.device, dtype=logits.dtype)
                         logits[row, begin:, 0] -= slope * tokens
             return logits
 
-        def record(self, ids: list[int], mask: list[bool], row_logits: Any, slope: float = 0.0) -> int | None:
+        def record(self, ids: list[int], mask: list[bool], row_logits: Any) -> int | None:
             """Split one scored row as trl does: left pads, query, response up to the first pad, score at its end
             (less the length correction); returns where the response begins (None: no known query)."""
             start = mask.index(True) if True in mask else len(mask)

@@ -304,9 +304,9 @@ def build_reward_trainer(model: Any, args: Any, train_dataset: Any, tokenizer: A
 LENGTH_SLOPE = "cai_length_slope"  # reward per response token, kept in the reward model's config.json
 
 
-def length_slope(model: Any) -> float:
-    """The per-response-token slope this reward model's scores are corrected by (0.0: none)."""
-    return float(getattr(model.config, LENGTH_SLOPE, 0.0) or 0.0)
+def length_slope(config: Any) -> float:
+    """The per-response-token slope a reward model's scores are corrected by, from its config (0.0: none)."""
+    return float(getattr(config, LENGTH_SLOPE, 0.0) or 0.0)
 
 
 def saved_length_slope(reference: str) -> float:
@@ -333,7 +333,7 @@ def score_ids(model: Any, id_lists: Sequence[Sequence[int]], *, pad_token_id: in
     """
     import torch
 
-    slope = length_slope(model)
+    slope = length_slope(model.config)
     if slope and (response_lengths is None or len(response_lengths) != len(id_lists)):
         raise ValueError("score_ids: this reward model is length-corrected; pass response_lengths (the response's tokens of each id list)")
 
