@@ -693,6 +693,7 @@ class EvalConfig:
     models: list[str] = setting(doc="models compared: base, sl, rl or name=reference", factory=lambda: ["base", "sl", "rl"])
     reward_model: str | None = setting(None, "reward model that scores responses (null: this run's)")
     judge: bool = setting(True, "pairwise AI-judge comparisons and Elo")
+    judge_at_chance: bool = setting(True, "judge the models even when the judge's own gold audit (feedback.gold) is at chance; false skips the pairwise judging then (its Elo would mean nothing) and the report says why")
     judge_principles: list[str] = setting(doc="preference principle ids the judge uses (empty: all)", factory=list)
     bootstrap_rounds: int = setting(200, "bootstrap resamples for the Elo intervals", ge=1)
     refusal_judge: bool = setting(False, "also ask the judge whether each response refuses")

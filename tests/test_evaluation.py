@@ -407,3 +407,33 @@ def test_eval_stage_of_cai_rl_resolves_roles_and_lists_what_is_missing(models, t
     missing = (run / "report" / "report.md").read_text().split("## Missing")[1]
     assert "model 'rl'" in missing and "stage policy of cai/rl.py" in missing and "logs/sft.jsonl" in missing
     assert "[rl] eval:" in result.stdout and "| sl |" in result.stdout
+
+
+def test_a_judge_at_chance_on_gold_judges_nothing_when_told_so(models, tmp_path):
+    """`eval.judge_at_chance=false`: the judge's gold audit runs first; at chance, no comparison is judged and the report says why."""
+    import shutil
+
+    from conftest import launch
+
+    run = tmp_path / "run"
+    shutil.copytree(models["rl"], run / "sl_model")
+    run.joinpath("manifest.json").write_text(json.dumps({"models": {"policy": str(models["base"])}, "stages": {}}))
+    gold = tmp_path / "gold.jsonl"  # two pairs: a 95% interval of two verdicts always includes 50%
+    gold.write_text("".join((EXAMPLES / "gold_preferences.jsonl").read_text().splitlines(keepends=True)[:2]))
+    settings = [f"output_dir={run}", f"constitution={DATA / 'constitution.yaml'}", "stages=eval", f"prompts.red_team={DATA / 'red_team.jsonl'}"]
+    settings += ["eval.max_red_team=2", "eval.max_helpful=1", "eval.max_new_tokens=4", "eval.refusal_labels=null", f"feedback.gold={gold}", "feedback.gold_pairs=2"]
+    result = launch("rl.py", *settings, "eval.judge_at_chance=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pairwise judging and Elo skipped: the judge is at chance on the gold set" in result.stdout
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["judge_gold"]["count"] == 2 and metrics["judge_gold"]["at_chance"] is True
+    assert metrics["judge"]["skipped_at_chance"] is True and not metrics.get("elo") and not (run / "eval" / "judgements").exists()
+    assert "pairwise judgements and Elo" in [s["what"] for s in metrics["skipped"]]
+    report = (run / "report" / "report.md").read_text()
+    assert "Not computed: the judge" in report and "Judge accuracy on the gold set:" in report and "Do not read the Elo below" not in report
+
+    result = launch("rl.py", *settings, "eval.judge_at_chance=true", "force=true")  # the default: judged anyway, and flagged
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["judge"]["skipped_at_chance"] is False and set(metrics["elo"]) == {"red_team", "helpful", "all"}
+    assert "Do not read the Elo below as a ranking of the models." in (run / "report" / "report.md").read_text()

@@ -15,7 +15,7 @@ from typing import Any
 HALVES = (("harmful_half", "harmful requests"), ("benign_half", "benign requests"))
 
 
-def _acc(entry: dict[str, Any] | None) -> str:
+def accuracy_cell(entry: dict[str, Any] | None) -> str:
     if not entry or entry.get("accuracy") is None:
         return "n/a"
     lo, hi = entry["ci95"]
@@ -55,14 +55,14 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
             [
                 f"eval judge ({label_gold.get('method')})" if constructed else f"labeler ({label.get('method', 'multiple_choice')})",
                 label_gold["count"],
-                _acc(label_gold),
-                *(_acc(label_gold.get(k)) for k, _ in HALVES),
-                *(_acc(label_gold["per_kind"].get(k)) for k in kinds),
+                accuracy_cell(label_gold),
+                *(accuracy_cell(label_gold.get(k)) for k, _ in HALVES),
+                *(accuracy_cell(label_gold["per_kind"].get(k)) for k in kinds),
                 f"{label_gold['calibration']['ece']:.3f}",
             ]
         )
     if reward_gold:
-        rows.append(["reward model", reward_gold["count"], _acc(reward_gold), *(_acc(reward_gold.get(k)) for k, _ in HALVES), *(_acc(reward_gold["per_kind"].get(k)) for k in kinds), f"{reward_gold['calibration']['ece']:.3f}"])
+        rows.append(["reward model", reward_gold["count"], accuracy_cell(reward_gold), *(accuracy_cell(reward_gold.get(k)) for k, _ in HALVES), *(accuracy_cell(reward_gold["per_kind"].get(k)) for k in kinds), f"{reward_gold['calibration']['ece']:.3f}"])
     lines = [
         "## Feedback quality on the gold set",
         "",
@@ -97,14 +97,14 @@ def feedback_quality_section(run_dir: Path) -> list[str]:
     return lines
 
 
-def judge_gold_lines(metrics: dict[str, Any]) -> list[str]:
+def judge_gold_lines(metrics: dict[str, Any], *, elo_follows: bool = True) -> list[str]:
     """The eval judge's own gold accuracy, next to its Elo table, and whether the Elo means anything."""
     gold = metrics.get("judge_gold")
     if not gold:
         return ["The judge was not measured on a gold set (feedback.gold=null): nothing says whether this Elo means anything.", ""]
-    halves = ", ".join(f"{name} {_acc(gold.get(key))}" for key, name in HALVES if key in gold)
-    text = f"Judge accuracy on the gold set: {_acc(gold)} on {gold['count']} pairs ({halves}). " + verdict(gold, "judge")
+    halves = ", ".join(f"{name} {accuracy_cell(gold.get(key))}" for key, name in HALVES if key in gold)
+    text = f"Judge accuracy on the gold set: {accuracy_cell(gold)} on {gold['count']} pairs ({halves}). " + verdict(gold, "judge")
     lo, hi = gold["ci95"]
-    if lo <= 0.5 <= hi:
+    if lo <= 0.5 <= hi and elo_follows:
         text += " **Do not read the Elo below as a ranking of the models.**"
     return [text, ""]

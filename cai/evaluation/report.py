@@ -343,9 +343,20 @@ def reward_section(metrics: dict[str, Any]) -> list[str]:
 
 def elo_section(metrics: dict[str, Any]) -> list[str]:
     elo = metrics.get("elo")
+    judge = metrics.get("judge") or {}
+    if not elo and judge.get("skipped_at_chance"):
+        from cai.evaluation.feedback_quality import judge_gold_lines
+
+        return [
+            "## Pairwise preferences and Elo (AI judge)",
+            "",
+            f"Not computed: the judge (`{judge.get('model')}`) was first measured on the gold set, and an Elo from a judge at chance ranks nothing, "
+            "so the models were not judged (`eval.judge_at_chance: false`; set it to true to judge anyway).",
+            "",
+            *judge_gold_lines(metrics, elo_follows=False),
+        ]
     if not elo:
         return []
-    judge = metrics.get("judge") or {}
     lines = [
         "## Pairwise preferences and Elo (AI judge)",
         "",

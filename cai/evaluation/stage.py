@@ -539,9 +539,18 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
 
     generations = generate_all(chosen, prompts, config, store, accelerator, tag=tag, names=names)
     scores = score_all(reward_ref, order, generations, config, store, accelerator, tag=tag, names=names) if reward_ref else []
+    judge_gold = judge_gold_audit(feedback, judged_constitution, config, store, tag=tag) if judge_wanted and config.feedback.gold else None
+    skipped_at_chance = bool(judge_gold and judge_gold.get("at_chance") and not settings.judge_at_chance)
+    if skipped_at_chance:  # the audit is first so that a judge with no signal costs no judging
+        judge_wanted = False
+        from cai.evaluation.feedback_quality import accuracy_cell
+
+        why = f"the judge is at chance on the gold set ({accuracy_cell(judge_gold)} on {judge_gold['count']} pairs), so its Elo would mean nothing"
+        skipped.append({"what": "pairwise judgements and Elo", "why": why, "stage": "eval.judge_at_chance=true (judge anyway)"})
+        if accelerator.is_main_process:
+            print(f"[{tag}] eval: pairwise judging and Elo skipped: {why} (eval.judge_at_chance=false)")
     judgements = judge_all(order, generations, feedback, judged_constitution, config, store, accelerator, tag=tag, names=names) if judge_wanted else []
     refusal_judged = refusal_judge_all(order, generations, labels, feedback, config, store, accelerator, tag=tag, names=names) if settings.refusal_judge else []
-    judge_gold = judge_gold_audit(feedback, judged_constitution, config, store, tag=tag) if judge_wanted and config.feedback.gold else None
     if feedback is not None:
         feedback.release()
 
@@ -562,6 +571,7 @@ def run_eval(config: RLRunConfig, store: RunStore, accelerator: Any, constitutio
         "judge": {
             "model": feedback.reference if feedback else None,
             "pairwise": judge_wanted,
+            "skipped_at_chance": skipped_at_chance,
             "refusal": settings.refusal_judge,
             "principles": [p.id for p in judged_constitution.preferences] if judge_wanted else [],
             "principles_per_comparison": config.feedback.principles_per_comparison,
