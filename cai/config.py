@@ -639,6 +639,7 @@ class PPOConfig:
     response_length: int = setting(128, "longest rollout, in tokens", ge=1)
     temperature: float = setting(0.7, "rollout sampling temperature", gt=0)
     missing_eos_penalty: float | None = setting(1.0, "subtracted from the reward of a rollout without EOS (null: none)", gt=0)
+    loop_penalty: float | None = setting(None, "subtracted from the reward of a rollout that repeats itself (the eval's looping test: under half of its word trigrams distinct); null: none", gt=0)
     whiten_rewards: bool = setting(False, "whiten rewards per mini-batch")
     num_ppo_epochs: int = setting(4, "PPO epochs per batch of rollouts", ge=1)
     num_mini_batches: int = setting(1, "mini-batches per PPO batch", ge=1)
@@ -665,6 +666,7 @@ class GroupConfig:
     response_length: int = setting(128, "longest sample, in tokens", ge=1)
     temperature: float = setting(0.7, "sampling temperature", gt=0)
     missing_eos_penalty: float | None = setting(1.0, "subtracted from the reward of a sample without EOS (null: none)", gt=0)
+    loop_penalty: float | None = setting(None, "subtracted from the reward of a sample that repeats itself (the eval's looping test); null: none", gt=0)
     reward_batch_size: int = setting(16, "samples scored per reward-model forward pass", ge=1)
 
 

@@ -245,6 +245,51 @@ def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_d
     assert scored[0.25] == pytest.approx([scored[0.0][0] - 0.25 * 3, scored[0.0][1] - 0.25 * 5], abs=1e-5)
 
 
+def test_reward_view_takes_the_loop_penalty_off_rollouts_that_repeat_themselves(tiny_model_dir, reward_model_dir):
+    """ppo.loop_penalty: a rollout whose text loops (eval's test) loses the penalty where trl reads its score; others keep theirs."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.utils import get_reward
+
+    from cai import chat_format
+    from cai.policy.ppo import reward_view
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    long, short = (chat_format.prompt_ids(tokenizer, p) for p in (PROMPT, "Hi"))
+    width = len(long)
+    queries = torch.tensor([long, [pad] * (width - len(short)) + short])
+    responses = torch.tensor([[11, 12, eos, pad, pad], [13, 14, 15, 16, eos]])
+    texts = {11: "I can't help with that. " * 4, 13: "Here is a short answer that does not repeat itself at all."}
+    scored = {}
+    for penalty in (None, 2.0):
+        view = reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long, short], eos_token_id=eos, loop_penalty=penalty, decode=lambda ids: texts[ids[0]])
+        with torch.no_grad():
+            _, scores, _ = get_reward(view, torch.cat([queries, responses], 1), pad, width)
+        scored[penalty] = scores.tolist()
+        monitors = view.drain(Accelerator())
+        assert monitors.get("monitor/loop_penalized") == (0.5 if penalty else None)
+    assert scored[2.0] == pytest.approx([scored[None][0] - 2.0, scored[None][1]], abs=1e-5)
+    with pytest.raises(ValueError, match="needs `decode`"):
+        reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long], eos_token_id=eos, loop_penalty=1.0)
+
+
+def test_reward_function_takes_the_loop_penalty_off_looping_completions(tiny_model_dir, reward_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cai.reward.function import ConstitutionalReward
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="right")
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+    completions = ["I can't help with that. " * 4, "Here is a short answer that does not repeat itself at all."]
+    plain = ConstitutionalReward(reward, tokenizer)([PROMPT] * 2, completions)
+    logged = {}
+    penalised = ConstitutionalReward(reward, tokenizer, loop_penalty=1.5)([PROMPT] * 2, completions, log_metric=logged.__setitem__)
+    assert penalised == pytest.approx([plain[0] - 1.5, plain[1]], abs=1e-5) and logged == {"monitor/loop_penalized": 0.5}
+
+
 # ---------------------------------------------------------------- step-0 invariants
 
 

@@ -44,11 +44,11 @@ def dpo_records(records: list[dict[str, Any]], *, where: str) -> tuple[list[dict
     return rows, ties
 
 
-def reward_function(reward_model: Any, tokenizer: Any, *, missing_eos_penalty: float | None, max_length: int, batch_size: int) -> Callable[..., list[float]]:
+def reward_function(reward_model: Any, tokenizer: Any, *, missing_eos_penalty: float | None, loop_penalty: float | None = None, max_length: int, batch_size: int) -> Callable[..., list[float]]:
     """cai's reward function for trl (cai/reward/function.py), with the rollout monitors logged through trl's `log_metric`."""
     from cai.reward.function import ConstitutionalReward
 
-    return ConstitutionalReward(reward_model, tokenizer, missing_eos_penalty=missing_eos_penalty, max_length=max_length, batch_size=batch_size, monitor=rollout_monitors)
+    return ConstitutionalReward(reward_model, tokenizer, missing_eos_penalty=missing_eos_penalty, loop_penalty=loop_penalty, max_length=max_length, batch_size=batch_size, monitor=rollout_monitors)
 
 
 def build_dpo(config: RLRunConfig, *, tokenizer: Any, policy_ref: models.ModelRef, rows: list[dict[str, Any]], checkpoints: Path, callbacks: list[Any]) -> Any:
@@ -99,7 +99,7 @@ def build_online(algorithm: str, config: RLRunConfig, *, tokenizer: Any, policy_
     )
     model = models.load_causal_lm(policy_ref, trainable=True)
     models.sync_pad_token(model, tokenizer)
-    score = reward_function(reward_model, tokenizer, missing_eos_penalty=settings.missing_eos_penalty, max_length=config.training.max_length, batch_size=settings.reward_batch_size)
+    score = reward_function(reward_model, tokenizer, missing_eos_penalty=settings.missing_eos_penalty, loop_penalty=settings.loop_penalty, max_length=config.training.max_length, batch_size=settings.reward_batch_size)
     return trainer_cls(
         model=model,
         reward_funcs=score,

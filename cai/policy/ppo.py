@@ -20,7 +20,7 @@ import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from cai import models
 from cai.config import RLRunConfig
@@ -84,16 +84,32 @@ def load_value_state(value_model: Any, directory: Path) -> None:
 # ---------------------------------------------------------------- the reward model as trl sees it
 
 
-def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter: Any | None, prompts: Sequence[Sequence[int]], eos_token_id: int) -> Any:
+def reward_view(
+    reward_backbone: Any,
+    head: Any,
+    config: Any,
+    *,
+    shared_adapter: Any | None,
+    prompts: Sequence[Sequence[int]],
+    eos_token_id: int,
+    loop_penalty: float | None = None,
+    decode: Callable[[list[int]], str] | None = None,
+) -> Any:
     """The reward model for trl's `get_reward`, recording each scored rollout for the monitors.
 
     `shared_adapter` is the value model's LoRA backbone when reward and value share a base:
     the reward is then that backbone with the adapter disabled, and the frozen original head.
     A length-corrected reward model (`reward.length_correction`) is corrected here as everywhere.
+    `ppo.loop_penalty` comes off a rollout that repeats itself: a reward model trained on few
+    pairs can pay more for each repeated decline (measured on the demo's), and PPO finds that.
     """
     import torch
 
+    from cai.evaluation.metrics import loops
     from cai.reward.model import length_slope
+
+    if loop_penalty and decode is None:
+        raise ValueError("reward_view: a loop penalty needs `decode` to read the rollouts")
 
     slope = length_slope(config)  # reward.length_correction, fixed when the reward model was saved
 
@@ -113,6 +129,7 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
             self.responses: list[list[int]] = []
             self.raw_scores: list[float] = []
             self.unmatched = 0
+            self.looped = 0
 
         def adapter_disabled(self) -> Any:
             return shared_adapter.disable_adapter() if shared_adapter is not None else nullcontext()
@@ -132,13 +149,18 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
             if self.pending is not None:
                 ids, mask = self.pending
                 self.pending = None
-                if slope:
+                if slope or loop_penalty:
                     logits = logits.clone()
                 for row in range(ids.shape[0]):
                     begin = self.record(ids[row].tolist(), mask[row].bool().tolist(), logits[row, :, 0])
-                    if slope and begin is not None:  # reward.length_correction: each position scored as a response of that many tokens
+                    if begin is None:
+                        continue
+                    if slope:  # reward.length_correction: each position scored as a response of that many tokens
                         tokens = torch.arange(1, logits.shape[1] - begin + 1, device=logits.device, dtype=logits.dtype)
                         logits[row, begin:, 0] -= slope * tokens
+                    if loop_penalty and loops(decode(self.responses[-1])):  # trl reads the score at the rollout's end
+                        logits[row, begin:, 0] -= loop_penalty
+                        self.looped += 1
             return logits
 
         def record(self, ids: list[int], mask: list[bool], row_logits: Any) -> int | None:
@@ -167,12 +189,14 @@ def reward_view(reward_backbone: Any, head: Any, config: Any, *, shared_adapter:
             """The monitors over everything scored since the last call, gathered from all processes."""
             from accelerate.utils import gather_object
 
-            local = [(self.responses, self.raw_scores, self.unmatched)]
-            self.responses, self.raw_scores, self.unmatched = [], [], 0
+            local = [(self.responses, self.raw_scores, self.unmatched, self.looped)]
+            self.responses, self.raw_scores, self.unmatched, self.looped = [], [], 0, 0
             parts = gather_object(local) if accelerator.num_processes > 1 else local
             responses = [r for part in parts for r in part[0]]
             scores = [s for part in parts for s in part[1]]
             monitors = rollout_monitors(responses, eos_token_id, scores)
+            if loop_penalty and responses:
+                monitors["monitor/loop_penalized"] = sum(part[3] for part in parts) / len(responses)
             unmatched = sum(part[2] for part in parts)
             if unmatched:
                 monitors["monitor/unmatched_rollouts"] = float(unmatched)
@@ -353,6 +377,7 @@ def build_ppo(
     value = load_reward_base(reward_ref, trainable=True, setting="reward_model")
     value.config.pad_token_id = tokenizer.pad_token_id
     share = lora and not deepspeed  # DeepSpeed prepares the reward model as its own engine
+    loop_check = {"loop_penalty": config.ppo.loop_penalty, "decode": lambda ids: tokenizer.decode(ids, skip_special_tokens=True)}
     if share:
         import copy
 
@@ -361,11 +386,11 @@ def build_ppo(
         head = copy.deepcopy(value.score).requires_grad_(False)
         backbone = get_peft_model(getattr(value, value.base_model_prefix), models.lora_config(config.lora, task_type=None))
         setattr(value, value.base_model_prefix, backbone)
-        reward = reward_view(backbone, head, value.config, shared_adapter=backbone, prompts=query_ids, eos_token_id=stop_id)
+        reward = reward_view(backbone, head, value.config, shared_adapter=backbone, prompts=query_ids, eos_token_id=stop_id, **loop_check)
     else:
         frozen = load_reward_base(reward_ref, dtype=models.default_dtype(), setting="reward_model").requires_grad_(False).eval()
         frozen.config.pad_token_id = tokenizer.pad_token_id
-        reward = reward_view(getattr(frozen, frozen.base_model_prefix), frozen.score, frozen.config, shared_adapter=None, prompts=query_ids, eos_token_id=stop_id)
+        reward = reward_view(getattr(frozen, frozen.base_model_prefix), frozen.score, frozen.config, shared_adapter=None, prompts=query_ids, eos_token_id=stop_id, **loop_check)
     if resume:
         load_value_state(value, resume.path)
 

@@ -14,7 +14,8 @@ newline after that token, so the score would be read one token past where it was
 
 A plain-text prompt is read as one user message (the reward model judges a request and its
 answer), a conversational one is rendered with the chat template as it stands, multi-turn
-included. A completion without EOS (trl passes `completion_ids`) loses `missing_eos_penalty`.
+included. A completion without EOS (trl passes `completion_ids`) loses `missing_eos_penalty`,
+and one that repeats itself (`cai.evaluation.metrics.loops`) loses `loop_penalty`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ConstitutionalReward:
 
     __name__ = "constitutional_reward"  # trl names the reward's log columns after its callables
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_length: int | None = 1024, batch_size: int = 16, missing_eos_penalty: float | None = None, monitor: Monitor | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int | None = 1024, batch_size: int = 16, missing_eos_penalty: float | None = None, loop_penalty: float | None = None, monitor: Monitor | None = None):
         from cai.reward.model import check_padding
 
         check_padding(tokenizer, setting="reward_model")
@@ -55,6 +56,7 @@ class ConstitutionalReward:
         self.max_length = max_length
         self.batch_size = batch_size
         self.missing_eos_penalty = missing_eos_penalty
+        self.loop_penalty = loop_penalty
         self.monitor = monitor
         self.lock = threading.Lock()  # one model: concurrent callers (the HTTP service's threads) take turns
 
@@ -146,14 +148,23 @@ class ConstitutionalReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None, log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
         raw = self.score(prompts, completions)
+        if self.loop_penalty:
+            from cai.evaluation.metrics import loops
+
+            looped = [loops(message_content(c, what="a completion")) for c in completions]
+            if log_metric is not None and looped:
+                log_metric("monitor/loop_penalized", sum(looped) / len(looped))
+            penalised = [score - self.loop_penalty * flag for score, flag in zip(raw, looped)]
+        else:
+            penalised = raw
         if completion_ids is None:
-            return raw
+            return penalised
         end, ends = models.end_of_turn_id(self.tokenizer), set(models.end_of_turn_ids(self.tokenizer))
         if log_metric is not None and self.monitor is not None:
             for name, value in self.monitor(completion_ids, end, raw).items():
                 log_metric(name, value)
         penalty = self.missing_eos_penalty or 0.0
-        return [score - penalty * (not (ids and ids[-1] in ends)) for score, ids in zip(raw, completion_ids, strict=True)]
+        return [score - penalty * (not (ids and ids[-1] in ends)) for score, ids in zip(penalised, completion_ids, strict=True)]
 
 
 def strip_special(text: str, tokenizer: Any, *, head: bool, tail: bool) -> str:
