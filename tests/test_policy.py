@@ -215,17 +215,15 @@ def test_reward_view_records_exactly_what_trl_scored(tiny_model_dir, reward_mode
     assert view.responses == [] and view.raw_scores == []
 
 
-def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_dir, reward_model_dir):
-    """reward.length_correction in PPO: trl reads the score at each rollout's end; with a slope in the
-    reward model's config every response position t scores as a response of t tokens, so what trl
-    reads (and the monitors record) is the raw score less slope x the response's tokens."""
+def two_rollouts(tiny_model_dir, reward_model_dir):
+    """A tiny reward model, and a function scoring two fixed rollouts through `reward_view` as trl's PPO does:
+    the first ends after 3 response tokens (EOS included), the second after 5."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.utils import get_reward
 
     from cai import chat_format
     from cai.policy.ppo import reward_view
-    from cai.reward.model import LENGTH_SLOPE
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
@@ -234,12 +232,27 @@ def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_d
     width = len(long)
     queries = torch.tensor([long, [pad] * (width - len(short)) + short])
     responses = torch.tensor([[11, 12, eos, pad, pad], [13, 14, 15, 16, eos]])
+
+    def score(**options):
+        view = reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long, short], eos_token_id=eos, **options)
+        with torch.no_grad():
+            _, scores, _ = get_reward(view, torch.cat([queries, responses], 1), pad, width)
+        return view, scores
+
+    return reward, eos, score
+
+
+def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_dir, reward_model_dir):
+    """reward.length_correction in PPO: trl reads the score at each rollout's end; with a slope in the
+    reward model's config every response position t scores as a response of t tokens, so what trl
+    reads (and the monitors record) is the raw score less slope x the response's tokens."""
+    from cai.reward.model import LENGTH_SLOPE
+
+    reward, eos, score = two_rollouts(tiny_model_dir, reward_model_dir)
     scored = {}
     for slope in (0.0, 0.25):
         setattr(reward.config, LENGTH_SLOPE, slope)
-        view = reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long, short], eos_token_id=eos)
-        with torch.no_grad():
-            _, scores, _ = get_reward(view, torch.cat([queries, responses], 1), pad, width)
+        view, scores = score()
         assert view.raw_scores == pytest.approx(scores.tolist(), abs=1e-6)
         scored[slope] = scores.tolist()
     assert scored[0.25] == pytest.approx([scored[0.0][0] - 0.25 * 3, scored[0.0][1] - 0.25 * 5], abs=1e-5)
@@ -247,33 +260,21 @@ def test_reward_view_takes_the_length_correction_off_every_position(tiny_model_d
 
 def test_reward_view_takes_the_loop_penalty_off_rollouts_that_repeat_themselves(tiny_model_dir, reward_model_dir):
     """ppo.loop_penalty: a rollout whose text loops (eval's test) loses the penalty where trl reads its score; others keep theirs."""
-    import torch
     from accelerate import Accelerator
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl.experimental.utils import get_reward
 
-    from cai import chat_format
     from cai.policy.ppo import reward_view
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    reward = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    long, short = (chat_format.prompt_ids(tokenizer, p) for p in (PROMPT, "Hi"))
-    width = len(long)
-    queries = torch.tensor([long, [pad] * (width - len(short)) + short])
-    responses = torch.tensor([[11, 12, eos, pad, pad], [13, 14, 15, 16, eos]])
+    reward, eos, score = two_rollouts(tiny_model_dir, reward_model_dir)
     texts = {11: "I can't help with that. " * 4, 13: "Here is a short answer that does not repeat itself at all."}
     scored = {}
     for penalty in (None, 2.0):
-        view = reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long, short], eos_token_id=eos, loop_penalty=penalty, decode=lambda ids: texts[ids[0]])
-        with torch.no_grad():
-            _, scores, _ = get_reward(view, torch.cat([queries, responses], 1), pad, width)
+        view, scores = score(loop_penalty=penalty, decode=lambda ids: texts[ids[0]])
         scored[penalty] = scores.tolist()
         monitors = view.drain(Accelerator())
         assert monitors.get("monitor/loop_penalized") == (0.5 if penalty else None)
     assert scored[2.0] == pytest.approx([scored[None][0] - 2.0, scored[None][1]], abs=1e-5)
     with pytest.raises(ValueError, match="needs `decode`"):
-        reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[long], eos_token_id=eos, loop_penalty=1.0)
+        reward_view(reward.model, reward.score, reward.config, shared_adapter=None, prompts=[[1]], eos_token_id=eos, loop_penalty=1.0)
 
 
 def test_reward_function_takes_the_loop_penalty_off_looping_completions(tiny_model_dir, reward_model_dir):
