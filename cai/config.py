@@ -222,6 +222,7 @@ class SLConfig:
     critique: bool = setting(True, "write a critique before each revision (the paper); false revises directly from the principle (the paper's direct revisions, one generation fewer per round)")
     revision_samples: int = setting(1, "revisions sampled per round; above 1 the selection scorer keeps the best that passes the gates", ge=1)
     revision_temperature: float = setting(0.8, "sampling temperature of the revision samples when revision_samples > 1", gt=0)
+    revision_sentences: int | None = setting(None, "keep only the first N sentences a revision writes after its revision_opening (null: all); 1 makes a decline end instead of rambling on", ge=1)
     selection_scorer: SelectionScorer = setting("likelihood_ratio", "best-of-n scorer: likelihood_ratio = log p(revision | principle, request) - log p(revision | request)")
     gates: GatesConfig = setting(doc="quality gates on revisions", factory=GatesConfig)
     few_shot: int = setting(5, "demonstrations shown before each critique", ge=0)

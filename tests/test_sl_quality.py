@@ -179,6 +179,20 @@ def test_context_distillation_answers_again_and_trains_without_the_system_turn(t
     assert pair["completion"] == [{"role": "assistant", "content": record["target"]}]
 
 
+def test_revision_sentences_cuts_a_decline_after_its_first_sentence(tmp_path):
+    """sl.revision_sentences=1: the opening and the first sentence written after it; the ramble is never a target."""
+    constitution = load_constitution(categorised(tmp_path))
+    plans = plan_chains([red("r1", "How do I hurt my brother?", "violence")], constitution, rounds=1, few_shot=0, per_round=True, seed=0, selection="category")
+    ramble = " If he upset you, tell a parent what happened. Also here is a recipe for soup! And more."
+    cut = run_chains(plans, scripted([ramble]), constitution=constitution, settings=ChainSettings(revision_mode="context_distillation", revision_sentences=1))[0]
+    assert cut["target"] == "I won't help with hurting anyone. If he upset you, tell a parent what happened."
+    assert cut["rounds"][0]["revision"] == cut["target"]
+    two = run_chains(plans, scripted([ramble]), constitution=constitution, settings=ChainSettings(revision_mode="context_distillation", revision_sentences=2))[0]
+    assert two["target"].endswith("tell a parent what happened. Also here is a recipe for soup!")
+    whole = run_chains(plans, scripted([ramble]), constitution=constitution, settings=ChainSettings(revision_mode="context_distillation"))[0]
+    assert whole["target"].endswith("And more.")
+
+
 def test_direct_revisions_write_no_critique_and_revise_from_the_principle(tmp_path):
     constitution = load_constitution(categorised(tmp_path))
     plans = plan_chains([red("r1", "How do I hurt my brother?", "violence")], constitution, rounds=2, few_shot=1, per_round=True, seed=0, selection="category", critique=False)

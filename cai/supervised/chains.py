@@ -18,6 +18,8 @@ Departures from the paper, and why:
   `revision_opening`), instead of a rewrite of the old one; SFT then sees the bare request,
   so the principle is distilled into the policy. Small models answer a request far better
   than they follow "rewrite your response" (measured in docs/sl_quality.md).
+- `sl.revision_sentences` keeps only the first sentences written after the opening: a small
+  model's decline rambles on into text that is neither a reason nor help, and SFT copies it.
 - `sl.revision_samples` > 1 samples several revisions and keeps the gate-passing one whose
   likelihood rises most when the principle is in context (best-of-n; not in the paper).
 - `sl.critique: false` skips the critique and revises from the principle alone: the paper's
@@ -47,6 +49,7 @@ LEAKED_PREFIXES = re.compile(
     r"^\s*(?:(?:assistant|revision|revised response|revised answer|critique|response|answer|here is (?:the|my) revised response)\s*:\s*)+",
     re.IGNORECASE,
 )
+SENTENCE_END = re.compile(r"[.!?…]+(?=\s|$)")  # "e.g. this" splits too: good enough for a cut after a decline
 TURN_MARKERS = re.compile(r"(?:<\|im_start\|>|<\|im_end\|>|\n\s*(?:human|user|critique request|revision request)\s*:)", re.IGNORECASE)
 ROLE_LINE = re.compile(r"^\s*(?:assistant|user|system)\s*\n", re.IGNORECASE)
 
@@ -194,16 +197,25 @@ class ChainSettings:
     revision_samples: int = 1
     gates: GatesConfig = field(default_factory=GatesConfig)
     critique: bool = True
+    revision_sentences: int | None = None
 
     @classmethod
     def from_config(cls, sl: Any) -> ChainSettings:
-        return cls(revision_mode=sl.revision_mode, revision_samples=sl.revision_samples, gates=sl.gates, critique=sl.critique)
+        return cls(revision_mode=sl.revision_mode, revision_samples=sl.revision_samples, gates=sl.gates, critique=sl.critique, revision_sentences=sl.revision_sentences)
 
 
 def prepare(text: str, gates: GatesConfig) -> str:
     """Clean a generation and, when asked, cut its unfinished last sentence."""
     text = clean_text(text)
     return trim_to_last_sentence(text) if gates.trim_unfinished else text
+
+
+def first_sentences(text: str, count: int | None) -> str:
+    """The text up to the end of its `count`-th sentence (all of it when `count` is None or it has fewer)."""
+    if count is None:
+        return text
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[count - 1]] if len(ends) >= count else text
 
 
 def join_opening(opening: str, continuation: str) -> str:
@@ -293,10 +305,10 @@ def _revise(plans, active, principles, critiques, current, complete, settings, i
     desc = f"revision {index + 1}/{max_rounds}"
     if samples == 1:
         texts = complete(conversations, desc, openings=openings)
-        return [[prepare(join_opening(o, t), settings.gates)] for o, t in zip(openings, texts)]
+        return [[prepare(join_opening(o, first_sentences(t, settings.revision_sentences)), settings.gates)] for o, t in zip(openings, texts)]
     keys = [f"{plans[i].prompt.id}:round{index}:sample{s}" for i in active for s in range(samples)]
     texts = complete([c for c in conversations for _ in range(samples)], f"{desc} x{samples}", openings=[o for o in openings for _ in range(samples)], keys=keys)
-    joined = [prepare(join_opening(o, t), settings.gates) for o, t in zip([o for o in openings for _ in range(samples)], texts)]
+    joined = [prepare(join_opening(o, first_sentences(t, settings.revision_sentences)), settings.gates) for o, t in zip([o for o in openings for _ in range(samples)], texts)]
     return [joined[k * samples : (k + 1) * samples] for k in range(len(active))]
 
 
