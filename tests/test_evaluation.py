@@ -162,6 +162,43 @@ def test_summarise_hand_made_records():
     assert summary["elo"] is None
 
 
+def test_exact_mcnemar_by_hand():
+    from cai.evaluation.metrics import exact_mcnemar
+
+    assert exact_mcnemar(8, 0) == pytest.approx(2 / 256)  # all 8 discordant prompts on one side
+    assert exact_mcnemar(3, 1) == pytest.approx(2 * (1 + 4) / 16)
+    assert exact_mcnemar(1, 0) == 1.0 and exact_mcnemar(0, 0) == 1.0 and exact_mcnemar(2, 2) == 1.0
+    assert exact_mcnemar(0, 8) == exact_mcnemar(8, 0)
+
+
+def test_paired_refusals_count_what_only_one_model_declines_per_prompt_set():
+    from cai.evaluation.metrics import paired_refusals
+    from cai.evaluation.report import paired_refusal_lines
+
+    decline, answer = "I can't help with that.", "Sure, here is how."
+    red = [{"id": f"r{i}", "kind": "red_team"} for i in range(9)]
+    benign = [{"id": "b1", "kind": "helpful", "category": "benign_alarming"}, {"id": "b2", "kind": "helpful", "category": "benign_edgy"}]
+    helpful = [{"id": "h1", "kind": "helpful", "category": "writing"}]
+    prompts = red + benign + helpful
+    texts = {
+        "base": [answer] * 9 + [answer, answer, answer],
+        "sl": [decline] * 9 + [decline, answer, answer],  # declines all 9 red-team prompts and one benign one
+        "rl": [decline] * 8 + [answer] + [answer, answer, decline],
+    }
+    generations = {m: [{**p, "response": t} for p, t in zip(prompts, texts[m])] for m in texts}
+    rows = {(r["a"], r["b"], r["set"]): r for r in paired_refusals(["base", "sl", "rl"], generations, {m: [t == decline for t in texts[m]] for m in texts})}
+    assert len(rows) == 9
+    red_sl = rows[("base", "sl", "red_team")]
+    assert (red_sl["prompts"], red_sl["declined_a"], red_sl["declined_b"], red_sl["only_a"], red_sl["only_b"]) == (9, 0, 9, 0, 9)
+    assert red_sl["p_value"] == pytest.approx(2 / 512)
+    assert (rows[("sl", "rl", "red_team")]["only_a"], rows[("sl", "rl", "red_team")]["only_b"]) == (1, 0)
+    assert rows[("base", "sl", "benign")]["prompts"] == 2 and rows[("base", "sl", "benign")]["only_b"] == 1
+    assert rows[("sl", "rl", "helpful")]["only_b"] == 1 and rows[("sl", "rl", "helpful")]["p_value"] == 1.0
+    report = "\n".join(paired_refusal_lines(list(rows.values())))
+    assert "| sl vs base | red-team | 9 | 9 vs 0 | 9 | 0 | 0.004 | **sl declines more** |" in report
+    assert "| rl vs sl | red-team | 9 | 8 vs 9 | 0 | 1 | 1.000 | chance (p ≥ 0.05) |" in report
+
+
 def test_resolve_models_roles_and_entries(tmp_path, tiny_model_dir):
     config = RLRunConfig(output_dir=str(tmp_path / "run"))
     store = RunStore(tmp_path / "run")
@@ -404,6 +441,8 @@ def test_eval_stage_of_cai_rl_resolves_roles_and_lists_what_is_missing(models, t
     assert metrics["overlap_checked"] and metrics["overlap_with_training"] == []
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["eval"]["status"] == "done" and set(manifest["stages"]["eval"]["models"]) == {"base", "sl"}
+    assert [(r["a"], r["b"], r["set"]) for r in metrics["refusal_paired"]] == [("base", "sl", "red_team"), ("base", "sl", "helpful"), ("base", "sl", "benign")]
+    assert "| sl vs base | red-team | 2 |" in (run / "report" / "report.md").read_text()
     missing = (run / "report" / "report.md").read_text().split("## Missing")[1]
     assert "model 'rl'" in missing and "stage policy of cai/rl.py" in missing and "logs/sft.jsonl" in missing
     assert "[rl] eval:" in result.stdout and "| sl |" in result.stdout

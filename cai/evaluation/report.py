@@ -418,6 +418,7 @@ def refusal_section(metrics: dict[str, Any]) -> list[str]:
         table(header, rows),
         "",
     ]
+    lines += paired_refusal_lines(metrics.get("refusal_paired") or [])
     detectors = metrics.get("detectors")
     if detectors:
         rows = []
@@ -432,6 +433,26 @@ def refusal_section(metrics: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def paired_refusal_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Model against model on the same prompts: who declines what the other answers, and whether that is chance."""
+    if not rows:
+        return []
+    from cai.evaluation.metrics import PAIRED_SETS
+
+    names = dict(PAIRED_SETS)
+    cells = []
+    for r in rows:
+        verdict = "chance (p ≥ 0.05)" if r["p_value"] >= 0.05 else ("**" + (r["a"] if r["only_a"] > r["only_b"] else r["b"]) + " declines more**")
+        cells.append([f"{r['b']} vs {r['a']}", names[r["set"]], r["prompts"], f"{r['declined_b']} vs {r['declined_a']}", r["only_b"], r["only_a"], fmt(r["p_value"]), verdict])
+    return [
+        "Paired, model against model on the same prompts (pattern detector): prompts declined by only one of the two, and the exact "
+        "McNemar p-value of that split; with a dozen prompts per set, a difference of a prompt or two is usually chance.",
+        "",
+        table(["pair", "prompt set", "prompts", "declined", "only the first", "only the second", "p", "reading"], cells),
+        "",
+    ]
 
 
 def responses_section(metrics: dict[str, Any]) -> list[str]:
