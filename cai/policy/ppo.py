@@ -101,7 +101,7 @@ def reward_view(
     the reward is then that backbone with the adapter disabled, and the frozen original head.
     A length-corrected reward model (`reward.length_correction`) is corrected here as everywhere.
     `ppo.loop_penalty` comes off a rollout that repeats itself: a reward model trained on few
-    pairs can pay more for each repeated decline (measured on the demo's), and PPO finds that.
+    pairs can pay more for each repeated decline (measured on the demo's), a hack open to PPO.
     """
     import torch
 

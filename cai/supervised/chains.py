@@ -40,7 +40,7 @@ from cai.config import GatesConfig
 from cai.constitution import Constitution, CritiquePrinciple, Demonstration
 from cai.fingerprint import digest
 from cai.prompt_sources import Prompt
-from cai.supervised.gates import helpful_failures, revision_failures, trim_to_last_sentence
+from cai.supervised.gates import first_sentences, helpful_failures, revision_failures, trim_to_last_sentence
 
 Messages = list[dict[str, str]]
 NO_ROUND = -1  # target_round of a record without a training target
@@ -49,7 +49,6 @@ LEAKED_PREFIXES = re.compile(
     r"^\s*(?:(?:assistant|revision|revised response|revised answer|critique|response|answer|here is (?:the|my) revised response)\s*:\s*)+",
     re.IGNORECASE,
 )
-SENTENCE_END = re.compile(r"[.!?…]+(?=\s|$)")  # "e.g. this" splits too: good enough for a cut after a decline
 TURN_MARKERS = re.compile(r"(?:<\|im_start\|>|<\|im_end\|>|\n\s*(?:human|user|critique request|revision request)\s*:)", re.IGNORECASE)
 ROLE_LINE = re.compile(r"^\s*(?:assistant|user|system)\s*\n", re.IGNORECASE)
 
@@ -208,14 +207,6 @@ def prepare(text: str, gates: GatesConfig) -> str:
     """Clean a generation and, when asked, cut its unfinished last sentence."""
     text = clean_text(text)
     return trim_to_last_sentence(text) if gates.trim_unfinished else text
-
-
-def first_sentences(text: str, count: int | None) -> str:
-    """The text up to the end of its `count`-th sentence (all of it when `count` is None or it has fewer)."""
-    if count is None:
-        return text
-    ends = [m.end() for m in SENTENCE_END.finditer(text)]
-    return text[: ends[count - 1]] if len(ends) >= count else text
 
 
 def join_opening(opening: str, continuation: str) -> str:

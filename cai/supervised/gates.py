@@ -74,13 +74,24 @@ def ends_a_sentence(text: str) -> bool:
     return bool(_SENTENCE_END.search(text.rstrip()))
 
 
+_INNER_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")  # "e.g. this" splits too: good enough for these cuts
+
+
 def trim_to_last_sentence(text: str) -> str:
     """Drop an unfinished last sentence (cut at the token limit); unchanged if no sentence ends."""
     text = text.rstrip()
     if ends_a_sentence(text):
         return text
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    ends = [m.end() for m in _INNER_SENTENCE_END.finditer(text)]
     return text[: ends[-1]] if ends else text
+
+
+def first_sentences(text: str, count: int | None) -> str:
+    """The text up to the end of its `count`-th sentence (all of it when `count` is None or it has fewer): `sl.revision_sentences`."""
+    if count is None:
+        return text
+    ends = [m.end() for m in _INNER_SENTENCE_END.finditer(text)]
+    return text[: ends[count - 1]] if len(ends) >= count else text
 
 
 def revision_failures(text: str, *, response: str, references: Sequence[str], thresholds: GatesConfig) -> list[str]:
