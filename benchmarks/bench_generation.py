@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     import torch
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from cai.config import GenerationConfig
     from cai.generation import TransformersGenerator
 
+    models.use_precision(args.precision)
     ref = models.resolve(args.model)
     tokenizer = models.load_tokenizer(ref)
     model = models.load_causal_lm(ref)

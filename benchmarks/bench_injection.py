@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--constitution", default=str(ROOT / "constitutions" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", default="multiple_choice", choices=["multiple_choice", "pointwise"])
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     from accelerate import Accelerator
 
+    models.use_precision(args.precision)
     ref = models.resolve(args.model)
     tokenizer = models.load_tokenizer(ref, padding_side="left")
     model = models.load_causal_lm(ref)

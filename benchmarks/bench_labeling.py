@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verdict_tokens", type=int, default=64, help="longest written verdict, in tokens")
     parser.add_argument("--explain", action="store_true", help="the written judge explains before its verdict (as NeMo's CAI example and MT-Bench-style judges ask)")
     parser.add_argument("--batch_size", type=int, default=8, help="feedback.batch_size (prompts per forward pass or generate call)")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     constitution = load_constitution(ROOT / config.constitution)
     pairs = read_gold(ROOT / "examples/gold_preferences.jsonl")[: args.pairs]
     accelerator = Accelerator()
+    models.use_precision(args.precision)
     ref = models.resolve(args.model, setting="--model")
     tokenizer = models.load_tokenizer(ref, padding_side="left")
     model = models.load_causal_lm(ref, dtype=models.default_dtype(), device=accelerator.device)

@@ -91,7 +91,7 @@ def measure(mode: str, model: str, reward_dir: Path, steps: int, overrides: list
 
     from cai import models
     from cai.config import RLRunConfig, load_config
-    from cai.launch import quiet_libraries
+    from cai.launch import autocast_like_the_run, quiet_libraries
     from cai.policy.ppo import build_ppo
     from cai.policy.stage import usable_prompts
 
@@ -111,6 +111,8 @@ def measure(mode: str, model: str, reward_dir: Path, steps: int, overrides: list
         ],
     )
     os.chdir(ROOT)  # prompt files are relative to the repository, as in a launch from its root
+    models.use_precision(config.precision)  # as a launch does (cai/launch.py); --set precision=fp32 for the recorded figures
+    autocast_like_the_run()
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as scratch:
         ref = models.resolve(model)

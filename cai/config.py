@@ -45,6 +45,7 @@ PairJudgeMethod = Literal["multiple_choice", "pointwise", "likelihood_ratio"]
 Algorithm = Literal["ppo", "dpo", "grpo", "rloo"]
 PoolKind = Literal["red_team", "helpful", "both"]
 RequestFormat = Literal["chat", "completion"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 # ---------------------------------------------------------------- sections shared by stages
@@ -176,9 +177,9 @@ class HubConfig:
 
 @dataclass
 class RunConfig:
-    """What every launch has: where it writes, its constitution, its model, which stages, seed, force.
+    """What every launch has: where it writes, its constitution, its model, which stages, seed, force, precision.
 
-    A base for the per-script configs below (fields only, no behaviour), so these six
+    A base for the per-script configs below (fields only, no behaviour), so these seven
     settings have one name and one doc everywhere.
     """
 
@@ -190,6 +191,7 @@ class RunConfig:
     stages: list[str] = setting(doc="stages to run, in pipeline order (see cai/stages.py)", factory=list)
     seed: int = setting(0, "seed for sampling, shuffling and training")
     force: bool = setting(False, "redo finished stages (old outputs are renamed, never deleted)")
+    precision: Precision = setting("auto", "compute precision: bf16 (frozen models in bf16, training autocast over fp32 weights), fp32, or auto: bf16 where the GPU or CPU has bf16 instructions (AVX512-BF16, AMX), else fp32")
 
 
 # ---------------------------------------------------------------- SL-CAI

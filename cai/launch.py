@@ -39,11 +39,44 @@ def start(config: Any, run: Callable[[Any, Any], None], *, tag: str = "cai") -> 
     quiet_libraries()
     from accelerate import Accelerator
 
+    from cai import models
+
+    models.use_precision(config.precision)
+    replaced = autocast_like_the_run()
     accelerator = Accelerator()
     if accelerator.is_main_process:
-        print(f"[{tag}] {accelerator.num_processes} process(es) on {accelerator.device}, output_dir={getattr(config, 'output_dir', '')}")
+        print(f"[{tag}] {accelerator.num_processes} process(es) on {accelerator.device} in {models.compute_precision()}{precision_note(config.precision)}, output_dir={getattr(config, 'output_dir', '')}")
+        if replaced:
+            print(f"[{tag}] precision={config.precision} resolves to bf16, so the launcher's --mixed_precision {replaced} is not used")
     run(config, accelerator)
     return 0
+
+
+def autocast_like_the_run() -> str | None:
+    """Make every Accelerator of this process autocast to bf16 when the run computes in bf16.
+
+    transformers' trainers follow their `bf16` flag, but trl's PPO builds its own Accelerator,
+    which reads accelerate's ACCELERATE_MIXED_PRECISION. An fp32 run leaves the launcher's
+    choice alone (fp16 on GPUs without bf16). Returns the launcher's value if it said otherwise.
+    """
+    from cai import models
+
+    if not models.train_in_bf16():
+        return None
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
+    return launched if launched not in ("no", "bf16") else None
+
+
+def precision_note(setting: str) -> str:
+    """Why the run computes in the precision it does, for the launch line."""
+    from cai import models
+
+    if setting == "auto":
+        return " (precision=auto: bf16 instructions found)" if models.bf16_native() else " (precision=auto: no bf16 instructions here)"
+    if setting == "bf16" and not models.bf16_native():
+        return " (precision=bf16 without bf16 instructions: emulated, slower than fp32)"
+    return ""
 
 
 def quiet_libraries() -> None:

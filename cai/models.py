@@ -266,14 +266,50 @@ def sync_pad_token(model: Any, tokenizer: Any) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def default_dtype() -> Any:
-    """For frozen models (generation, feedback, reference, reward scoring): bf16 where a GPU supports
-    it, fp32 on CPU (fp16/bf16 generation on CPU is slow and lossy)."""
+_precision = {"setting": "auto"}  # the launch's `precision`, set once by `use_precision`
+
+
+def use_precision(setting: str) -> None:
+    """Take the run's `precision` (auto, fp32, bf16) for every model this process loads or trains."""
+    _precision["setting"] = setting
+
+
+def bf16_native() -> bool:
+    """A GPU that supports bf16, or a CPU with bf16 instructions (AVX512-BF16, AMX): there bf16 halves
+    the memory traffic and doubles the arithmetic rate; elsewhere torch emulates it, slower than fp32."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def compute_precision() -> str:
+    """`bf16` or `fp32`: the setting, with `auto` resolved to bf16 where the hardware has it."""
+    setting = _precision["setting"]
+    if setting == "auto":
+        return "bf16" if bf16_native() else "fp32"
+    return setting
+
+
+def default_dtype() -> Any:
+    """For frozen models (generation, feedback, reference, reward scoring): bf16 when the run computes
+    in bf16 (`precision`), else fp32."""
+    import torch
+
+    return torch.bfloat16 if compute_precision() == "bf16" else torch.float32
+
+
+def train_in_bf16() -> bool:
+    """The trainers' `bf16` flag: fp32 master weights, forward and backward autocast to bf16."""
+    return compute_precision() == "bf16"
 
 
 def trainable_dtype() -> Any:

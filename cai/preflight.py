@@ -46,6 +46,8 @@ def check_before_run(config: Any) -> None:
             continue
         if isinstance(source, str) and source.strip() and is_file_source(source):
             check_prompt_file(Path(source).expanduser(), setting)
+    if getattr(config, "precision", "auto") == "bf16":
+        check_bf16_device()
     feedback = getattr(config, "feedback", None)
     if feedback is not None and feedback.contrastive_openings and feedback.method != "contrastive":
         raise CaiError(f"feedback.contrastive_openings: only the contrastive method writes openings, and feedback.method is {feedback.method!r}; set feedback.method=contrastive or contrastive_openings=false")
@@ -53,6 +55,14 @@ def check_before_run(config: Any) -> None:
     if lora is not None and lora.enabled:
         reference = config.policy_reference() if hasattr(config, "policy_reference") else config.model
         check_lora_targets(reference, lora.target_modules)
+
+
+def check_bf16_device() -> None:
+    """precision=bf16 on a GPU without bf16 (before Ampere) would fail at the first trainer; a CPU can always emulate it."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise CaiError(f"precision: bf16 is not supported by {torch.cuda.get_device_name()}; use precision=auto or fp32")
 
 
 def lookup(config: Any, dotted: str) -> Any:

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cai import layout
+from cai import layout, models
 from cai.config import save_config
 from cai.errors import CaiError
 
@@ -274,7 +274,10 @@ def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerpr
     A stage with one records directory keeps one fingerprint (`inputs`); a stage with several
     (eval: one per model's generations, scores, judgements) keeps one per directory. A training
     stage passes its `checkpoints` directory: its `checkpoint-*` folders are what a resume continues.
+    A bf16 run's fingerprint carries its precision (records differ from fp32 ones; fp32 runs keep theirs).
     """
+    precision = models.compute_precision()
+    fingerprint = fingerprint if precision == "fp32" else f"{fingerprint}-{precision}"
     recorded = store.stage_info(stage).get("inputs")
     started = (recorded.get(records_dir) if isinstance(recorded, dict) else None) if per_records_dir else recorded
     if checkpoints is not None:
@@ -283,7 +286,7 @@ def check_same_inputs(store: RunStore, *, stage: str, records_dir: str, fingerpr
         where, resumable = store.stage_dir(records_dir), bool(store.done_shards(records_dir))
     if started and started != fingerprint and resumable:
         raise CaiError(
-            f"{where}: made from other inputs (prompts, models, seed or settings changed) than stage {stage!r} "
+            f"{where}: made from other inputs (prompts, models, seed, precision or settings changed) than stage {stage!r} "
             f"would use now; keep the same inputs to resume, set {force} to redo the stage (old outputs are kept aside), or use a new output_dir"
         )
     if not per_records_dir:

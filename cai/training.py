@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cai import models
 from cai.config import TrainingConfig, closest
 from cai.errors import CaiError
 
@@ -34,8 +35,6 @@ TYPED_FIELDS = (
 
 def trainer_config(config_cls: type, settings: TrainingConfig, *, section: str, output_dir: Path, seed: int, **fixed: Any) -> Any:
     """Build a trl/transformers config from our typed section plus its validated `extra` dict."""
-    import torch
-
     known = {f.name for f in dataclasses.fields(config_cls)}
     for key in settings.extra:
         if key not in known:
@@ -51,9 +50,11 @@ def trainer_config(config_cls: type, settings: TrainingConfig, *, section: str, 
         report_to=list(settings.report_to) or "none",
         save_strategy="steps",
         logging_strategy="steps",
-        bf16=bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+        bf16=models.train_in_bf16(),
         disable_tqdm=False,
     )
+    if values["bf16"] and "use_cpu" in known and models.on_cpu():
+        values["use_cpu"] = True  # transformers refuses bf16 without a GPU unless told it trains on the CPU
     values.update(fixed)
     values.update(settings.extra)
     try:

@@ -34,6 +34,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_bf16():
+    """In-process tests compute in fp32 on every CPU (precision=auto finds no bf16 instructions), so their
+    numbers do not depend on the machine; session-wide, since session fixtures load models too. Tests of
+    bf16 patch the capability back in; launched subprocesses see the real CPU unless given precision=fp32."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cpu, "get_capabilities", lambda: {}, raising=False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def precision_auto():
+    """Each test starts from the default precision setting (a launch in-process sets it from its config)."""
+    from cai import models
+
+    models.use_precision("auto")
+    yield
+    models.use_precision("auto")
+
+
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
     """The embedded model's tokenizer, read straight from the GGUF (no weight conversion)."""

@@ -1,6 +1,6 @@
 """Mixed precision without a GPU: trainable weights load as fp32 masters, frozen ones in
-`default_dtype()`, the trainer config autocasts to bf16 where CUDA supports it, and PPO's step-0
-check allows half-precision rounding."""
+`default_dtype()`, the trainer config autocasts to bf16 where the run's `precision` resolves to it
+(a bf16 GPU, a CPU with bf16 instructions), and PPO's step-0 check allows half-precision rounding."""
 
 from __future__ import annotations
 
@@ -114,3 +114,94 @@ def test_step0_check_passes_in_bf16_and_still_catches_other_weights(tiny_model_d
         reference.lm_head.weight.mul_(1.5)
     with pytest.raises(CaiError, match="reference's log-probs differ"):
         check_step0(policy, reference, queries, **settings)
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU with bf16 instructions (AVX512-BF16), no GPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
+    return torch
+
+
+def test_precision_auto_takes_bf16_only_where_the_cpu_has_bf16_instructions(bf16_cpu, monkeypatch):
+    from cai import models
+
+    torch = bf16_cpu
+    models.use_precision("auto")
+    assert (models.compute_precision(), models.default_dtype(), models.train_in_bf16()) == ("bf16", torch.bfloat16, True)
+    models.use_precision("fp32")  # an explicit fp32 stands on bf16 hardware
+    assert (models.compute_precision(), models.default_dtype(), models.train_in_bf16()) == ("fp32", torch.float32, False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False}, raising=False)
+    models.use_precision("auto")
+    assert (models.compute_precision(), models.default_dtype()) == ("fp32", torch.float32)
+    models.use_precision("bf16")  # an explicit bf16 stands where it is emulated
+    assert models.default_dtype() == torch.bfloat16
+
+
+def test_trainer_config_trains_bf16_on_a_bf16_cpu_with_trls_own_config(bf16_cpu, tmp_path):
+    """trl's configs refuse bf16 without a GPU unless use_cpu is set; cai sets it exactly then."""
+    from trl import RewardConfig
+
+    from cai import models
+    from cai.config import TrainingConfig
+    from cai.training import trainer_config
+
+    models.use_precision("auto")
+    args = trainer_config(RewardConfig, TrainingConfig(), section="reward.training", output_dir=tmp_path, seed=0)
+    assert args.bf16 is True and args.use_cpu is True and args.mixed_precision == "bf16"
+    models.use_precision("fp32")
+    args = trainer_config(RewardConfig, TrainingConfig(), section="reward.training", output_dir=tmp_path, seed=0)
+    assert args.bf16 is False and args.use_cpu is False
+
+
+def test_every_accelerator_of_a_bf16_run_autocasts(bf16_cpu, monkeypatch):
+    """trl's PPO builds its own Accelerator from ACCELERATE_MIXED_PRECISION: a bf16 run sets it, an fp32 run leaves the launcher's."""
+    from cai import models
+    from cai.launch import autocast_like_the_run
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    models.use_precision("auto")
+    assert autocast_like_the_run() is None
+    import os
+
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert autocast_like_the_run() == "fp16"  # said on the launch line
+    models.use_precision("fp32")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert autocast_like_the_run() is None and os.environ["ACCELERATE_MIXED_PRECISION"] == "fp16"
+
+
+def test_a_relaunch_in_another_precision_does_not_resume_the_records(bf16_cpu, tmp_path):
+    from cai import models
+    from cai.errors import CaiError
+    from cai.run_store import RunStore, check_same_inputs
+
+    store = RunStore(tmp_path / "run")
+    models.use_precision("fp32")
+    check_same_inputs(store, stage="generate", records_dir="sl_data", fingerprint="abc")
+    assert store.stage_info("generate")["inputs"] == "abc"  # fp32 fingerprints are those of earlier runs
+    store.write_shard("sl_data", 0, [{"id": "a"}])
+    check_same_inputs(store, stage="generate", records_dir="sl_data", fingerprint="abc")  # same precision: resumes
+    models.use_precision("bf16")
+    with pytest.raises(CaiError, match="precision"):
+        check_same_inputs(store, stage="generate", records_dir="sl_data", fingerprint="abc")
+
+
+def test_bf16_on_a_gpu_without_it_is_one_error_before_anything_loads(monkeypatch, tmp_path):
+    import torch
+
+    from cai.config import SLRunConfig
+    from cai.errors import CaiError
+    from cai.preflight import check_before_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    config = SLRunConfig(output_dir=str(tmp_path / "run"), precision="bf16", stages=["sft"])
+    with pytest.raises(CaiError, match="precision: bf16 is not supported by Tesla V100; use precision=auto or fp32"):
+        check_before_run(config)
+    assert not (tmp_path / "run").exists()

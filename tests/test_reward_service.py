@@ -252,7 +252,8 @@ def test_max_requests_stops_the_server(reward):
 
 def test_serve_reward_command_serves_then_stops_cleanly(reward_dir, reward):
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cai", "serve-reward", str(reward_dir), "--port", "0", "--max_requests", "1", "--max_length", "256", "--device", "cpu"]
+    # fp32 on every CPU, as the in-process reward it is compared with to 1e-5
+    command = [sys.executable, "-m", "cai", "serve-reward", str(reward_dir), "--port", "0", "--max_requests", "1", "--max_length", "256", "--device", "cpu", "--precision", "fp32"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()

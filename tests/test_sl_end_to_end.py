@@ -42,9 +42,11 @@ def records(output: Path) -> list[dict]:
 
 
 def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
+    """In bf16 on any CPU (emulated where it has no bf16 instructions): the demo's path on a CPU that has them."""
     output = tmp_path / "run"
-    result = launch("sl.py", *tiny_args(tiny_model_dir, output, "sl.revision_rounds=2"))
+    result = launch("sl.py", *tiny_args(tiny_model_dir, output, "sl.revision_rounds=2", "precision=bf16"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert " in bf16" in result.stdout.splitlines()[0]
     rows = records(output)
     assert len(rows) == 15 and len({r["id"] for r in rows}) == 15
     red = [r for r in rows if r["kind"] == "red_team"]
@@ -88,6 +90,9 @@ def test_generate_and_sft_end_to_end(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for (n, p), (_, q) in zip(trained.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
     assert changed, "SFT did not change any parameter"
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}  # fp32 masters trained under bf16 autocast
+    args = torch.load(output / "checkpoints" / "sft" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.bf16 and args.mixed_precision == "bf16"
     tokenizer = AutoTokenizer.from_pretrained(output / "sl_model")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = trained.generate(**ids, max_new_tokens=4, do_sample=False)
@@ -117,7 +122,8 @@ def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):
     data["critiques"][1]["categories"] = ["misc"]
     constitution = tmp_path / "categorised.yaml"
     constitution.write_text(yaml.safe_dump(data))
-    extra = ("stages=generate", f"constitution={constitution}", "sl.principle_selection=category", "sl.revision_samples=2", "sl.revision_mode=context_distillation")
+    # fp32 on every CPU: bf16 rounds differently with the batch make-up, so identical records across process counts hold in fp32
+    extra = ("stages=generate", f"constitution={constitution}", "sl.principle_selection=category", "sl.revision_samples=2", "sl.revision_mode=context_distillation", "precision=fp32")
     one, two = tmp_path / "one", tmp_path / "two"
     first = launch("sl.py", *tiny_args(tiny_model_dir, one, *extra))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -127,7 +133,7 @@ def test_one_and_two_processes_give_identical_records(tiny_model_dir, tmp_path):
     assert any(step["candidates"][0]["text"] != step["candidates"][1]["text"] for r in rows for step in r["rounds"])
     second = launch("sl.py", *tiny_args(tiny_model_dir, two, *extra), processes=2)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "[cai] 1 process(es)" in first.stdout and "[cai] 2 process(es)" in second.stdout
+    assert "[cai] 1 process(es)" in first.stdout and "[cai] 2 process(es)" in second.stdout and all(" in fp32," in r.stdout for r in (first, second))
     assert records(one) == records(two)
 
 

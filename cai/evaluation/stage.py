@@ -662,6 +662,7 @@ def cli_config(args: Any) -> RLRunConfig:
         stages=["eval"],
         seed=args.seed,
         force=args.force,
+        precision=args.precision,
         prompts=PromptsConfig(helpful=None),
         generation=GenerationConfig(batch_size=args.batch_size, backend=args.backend),
         feedback=FeedbackConfig(model=judge_model, principles_per_comparison=args.principles_per_comparison, batch_size=args.batch_size),

@@ -202,6 +202,7 @@ def audit_command(argv: Sequence[str]) -> int:
 
     check_settings(settings)
     check_method(settings, constitution)
+    models.use_precision(config.precision)
     accelerator = Accelerator()
     ref = models.resolve(reference, setting="feedback.model")
     tokenizer = models.load_tokenizer(ref, padding_side="left")

@@ -234,6 +234,9 @@ def serve_command(args: Any) -> int:
     if args.max_requests is not None and args.max_requests < 1:
         raise CaiError(f"--max_requests: must be at least 1, got {args.max_requests}")
     quiet_libraries()
+    from cai import models
+
+    models.use_precision(args.precision)
     scorer = ConstitutionalReward.from_pretrained(args.reward_model, device=args.device, max_length=args.max_length, batch_size=args.batch_size)
     try:
         server = RewardServer(scorer, args.host, args.port, max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * (1 << 20)), max_requests=args.max_requests, name=args.reward_model, quiet=not args.log_requests)
@@ -270,5 +273,6 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--max_body_mb", type=float, default=16.0, help="largest request body in MiB (more: 413)")
     serve.add_argument("--max_length", type=int, default=1024, help="longest scored sequence in tokens; longer prompts are cut from the left (as in training)")
     serve.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="scoring precision (auto: bf16 where the GPU or CPU has bf16 instructions, else fp32)")
     serve.add_argument("--max_requests", type=int, default=None, help="stop after this many scoring requests (default: serve until stopped)")
     serve.add_argument("--log_requests", action="store_true", help="print one line per HTTP request")
