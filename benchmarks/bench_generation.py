@@ -67,12 +67,14 @@ def trim(tokens: list[int], tokenizer) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cai.config import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="model reference (hub id, directory, .gguf or embedded)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     import torch

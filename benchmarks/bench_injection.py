@@ -55,13 +55,15 @@ def read_pairs(count: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cai.config import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--constitution", default=str(ROOT / "constitutions" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", default="multiple_choice", choices=["multiple_choice", "pointwise"])
-    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     from accelerate import Accelerator

@@ -88,6 +88,8 @@ def agreement(a: list[dict], b: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cai.config import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="feedback model reference (hub id, directory, .gguf or embedded)")
     parser.add_argument("--pairs", type=int, default=64, help="gold pairs judged (at most 100)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verdict_tokens", type=int, default=64, help="longest written verdict, in tokens")
     parser.add_argument("--explain", action="store_true", help="the written judge explains before its verdict (as NeMo's CAI example and MT-Bench-style judges ask)")
     parser.add_argument("--batch_size", type=int, default=8, help="feedback.batch_size (prompts per forward pass or generate call)")
-    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="compute precision, as the run setting `precision` (the recorded figures are fp32)")
     args = parser.parse_args(argv)
 
     import dataclasses

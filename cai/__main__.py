@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     """`cai eval`: the RL run's eval stage on any models; the flags mirror the `eval.*` settings."""
-    from cai.config import EvalConfig
+    from cai.config import PRECISIONS, EvalConfig
 
     d = EvalConfig()
     ev = commands.add_parser("eval", help="compare models on held-out prompts (scores, AI-judged Elo, refusal rates) and write a report")
@@ -118,7 +118,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--backend", default="transformers", help="generation backend: transformers or vllm")
     ev.add_argument("--show_examples", type=int, default=d.show_examples)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="compute precision (auto: bf16 where the GPU or CPU has bf16 instructions)")
+    ev.add_argument("--precision", default="auto", choices=PRECISIONS, help="compute precision (auto: bf16 where the GPU or CPU has bf16 instructions)")
     ev.add_argument("--force", action="store_true", help="redo the evaluation in output_dir (old outputs are kept aside)")
 
 

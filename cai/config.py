@@ -46,6 +46,7 @@ Algorithm = Literal["ppo", "dpo", "grpo", "rloo"]
 PoolKind = Literal["red_team", "helpful", "both"]
 RequestFormat = Literal["chat", "completion"]
 Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = typing.get_args(Precision)  # the choices, for command-line flags
 
 
 # ---------------------------------------------------------------- sections shared by stages

@@ -264,6 +264,8 @@ def serve_command(args: Any) -> int:
 
 
 def add_parser(commands: Any) -> None:
+    from cai.config import PRECISIONS
+
     serve = commands.add_parser("serve-reward", help="serve a reward model over HTTP (OpenRLHF's remote reward protocol: POST /get_reward)")
     serve.add_argument("reward_model", help="the reward model: a run's reward_model/ folder (or any sequence-classification checkpoint)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; default loopback only)")
@@ -273,6 +275,6 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--max_body_mb", type=float, default=16.0, help="largest request body in MiB (more: 413)")
     serve.add_argument("--max_length", type=int, default=1024, help="longest scored sequence in tokens; longer prompts are cut from the left (as in training)")
     serve.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="scoring precision (auto: bf16 where the GPU or CPU has bf16 instructions, else fp32)")
+    serve.add_argument("--precision", default="auto", choices=PRECISIONS, help="scoring precision (auto: bf16 where the GPU or CPU has bf16 instructions, else fp32)")
     serve.add_argument("--max_requests", type=int, default=None, help="stop after this many scoring requests (default: serve until stopped)")
     serve.add_argument("--log_requests", action="store_true", help="print one line per HTTP request")
