@@ -230,7 +230,7 @@ class SLConfig:
     gates: GatesConfig = setting(doc="quality gates on revisions", factory=GatesConfig)
     few_shot: int = setting(5, "demonstrations shown before each critique", ge=0)
     train_on_all_rounds: bool = setting(False, "fine-tune on every round's revision, not only the last")
-    helpful_per_red_team: float = setting(1.0, "helpful examples mixed in per red-team example", ge=0)
+    helpful_per_red_team: float | None = setting(1.0, "helpful examples mixed in per red-team example (null: every accepted helpful answer)", ge=0)
     chunk_size: int = setting(32, "prompts per resumable shard", ge=1)
     show_examples: int = setting(3, "chains printed at the end", ge=0)
 

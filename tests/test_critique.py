@@ -132,3 +132,7 @@ def test_sft_mix_and_all_rounds():
     texts = {e["completion"][0]["content"] for e in final + every}
     assert not texts & {"bad", "junk", "loop loop"}
     assert every[0]["prompt"] == [{"role": "user", "content": "p1"}]
+    one = sft_examples(records, helpful_per_red_team=0.34, all_rounds=False, seed=0)
+    assert sum(e["kind"] == "helpful" for e in one) == 1  # a ratio: round(0.34 x 3 red-team targets)
+    every_helpful = sft_examples(records, helpful_per_red_team=None, all_rounds=False, seed=0)
+    assert sorted(e["completion"][0]["content"] for e in every_helpful if e["kind"] == "helpful") == ["a1", "a2", "a3"]  # null: every accepted one

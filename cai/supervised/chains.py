@@ -343,7 +343,7 @@ def _target(plan: ChainPlan, response: str, chain: list[dict[str, Any]], accepte
     return {"target": chain[accepted]["revision"], "target_round": accepted, "rejected_reasons": ""}
 
 
-def sft_examples(records: list[dict[str, Any]], *, helpful_per_red_team: float, all_rounds: bool, seed: int) -> list[dict[str, Any]]:
+def sft_examples(records: list[dict[str, Any]], *, helpful_per_red_team: float | None, all_rounds: bool, seed: int) -> list[dict[str, Any]]:
     """Prompt-completion chat pairs: accepted revisions of red-team prompts plus a helpful mix.
 
     Only texts that passed the gates (`target`, or accepted rounds) are used; in
@@ -359,7 +359,7 @@ def sft_examples(records: list[dict[str, Any]], *, helpful_per_red_team: float, 
     red_team_count = len(examples)
     helpful = [r for r in records if r["kind"] == "helpful" and r.get("target")]
     random.Random(seed).shuffle(helpful)
-    wanted = int(round(helpful_per_red_team * red_team_count)) if red_team_count else len(helpful)
+    wanted = int(round(helpful_per_red_team * red_team_count)) if red_team_count and helpful_per_red_team is not None else len(helpful)
     examples += [_pair(r["prompt"], r["target"], r["id"], "helpful") for r in helpful[:wanted]]
     return examples
 
